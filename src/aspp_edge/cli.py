@@ -1,0 +1,99 @@
+"""`aspp-edge`: a thin command line over the library. Each subcommand calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .errors import AsppEdgeError
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from .models import list_models
+    from .models.registry import BACKBONES, DECODERS
+
+    if not args.stats:
+        print("heads:     " + ", ".join(list_models()))
+        print("backbones: " + ", ".join(BACKBONES.names()))
+        print("decoders:  " + ", ".join(DECODERS.names()))
+        return
+    from .models import create_model
+    from .models.stats import model_stats
+
+    print(
+        f"{args.backbone}, output stride {args.output_stride}, width {args.width_mult}, {args.decoder}, "
+        f"{args.num_classes} classes, input {args.size}x{args.size}; MACs counted by torch's FlopCounterMode"
+    )
+    print(f"{'head':<12} {'params (M)':>10} {'GMACs':>8} {'head params (M)':>16} {'head GMACs':>11}")
+    for name in list_models():
+        model = create_model(
+            name, num_classes=args.num_classes, backbone=args.backbone, decoder=args.decoder,
+            output_stride=args.output_stride, width_mult=args.width_mult, input_size=args.size,
+        )
+        s = model_stats(model)
+        print(f"{name:<12} {s.params / 1e6:>10.3f} {s.macs / 1e9:>8.3f} {s.head_params / 1e6:>16.3f} {s.head_macs / 1e9:>11.3f}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .config import load_recipe
+    from .train import train
+
+    train(load_recipe(args.recipe), args.out, resume=args.resume, device=args.device)
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from .config import load_recipe
+    from .pipeline import run
+
+    s = run(load_recipe(args.recipe), args.out, resume=args.resume)
+    print(f"\nsummary ({s.recipe}, reference on {s.device})")
+    print(f"  float mIoU (val)   {s.float_miou:.4f}")
+    print(f"  params / GMACs     {s.params / 1e6:.2f} M / {s.gmacs:.2f}")
+    print(f"  training           {s.train_seconds:.0f} s")
+    print(f"  total              {s.seconds:.0f} s")
+    print(f"  checkpoint         {s.checkpoint}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="aspp-edge", description=__doc__, formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list heads, backbones and decoders; --stats counts params and MACs", formatter_class=fmt)
+    p.add_argument("--stats", action="store_true", help="build every head and count params and GMACs")
+    p.add_argument("--size", type=int, default=512, help="input side for --stats")
+    p.add_argument("--backbone", default="mobilenet_v2", help="backbone for --stats")
+    p.add_argument("--decoder", default="deeplabv3plus", help="decoder for --stats")
+    p.add_argument("--output-stride", type=int, default=16, help="output stride for --stats (8 or 16)")
+    p.add_argument("--width-mult", type=float, default=1.0, help="backbone width multiplier for --stats")
+    p.add_argument("--num-classes", type=int, default=21, help="classes for --stats")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("train", help="train the float model of a recipe", formatter_class=fmt)
+    p.add_argument("--recipe", default="default", help="built-in recipe name (quick, default) or a YAML path")
+    p.add_argument("--out", required=True, help="output directory (last.pt, float.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("run", help="the end-to-end pipeline on a recipe", formatter_class=fmt)
+    p.add_argument("--recipe", default="default", help="built-in recipe name (quick, default) or a YAML path")
+    p.add_argument("--out", default="runs/default", help="output directory")
+    p.add_argument("--resume", action="store_true", help="resume float training from OUT/float/last.pt")
+    p.set_defaults(func=_cmd_run)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        args.func(args)
+    except AsppEdgeError as exc:
+        print(f"aspp-edge: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

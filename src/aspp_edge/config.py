@@ -1,0 +1,247 @@
+"""Recipes: typed, validated configuration loaded from YAML.
+
+A recipe is a `Recipe` dataclass with one section per stage. Loading is strict: an unknown key
+or a value of the wrong type is a `ConfigError` that names the key (`train.lr`), and each
+section checks its values in `__post_init__`. `Recipe.to_dict()` / `Recipe.from_dict()` round
+trip through JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, choices_error
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DATASETS = ("synthetic", "folder")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    head: str = "sep_aspp"
+    backbone: str = "mobilenet_v2"
+    decoder: str = "deeplabv3plus"
+    output_stride: int = 16
+    width_mult: float = 1.0
+    head_channels: int | None = None
+    dropout: float = 0.1
+    backbone_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        from .models.registry import BACKBONES, DECODERS, HEADS
+        from .models import segmenter  # noqa: F401  (fills the registries)
+
+        for kind, registry, value in (("model.head", HEADS, self.head), ("model.backbone", BACKBONES, self.backbone),
+                                      ("model.decoder", DECODERS, self.decoder)):
+            if value not in registry:
+                raise choices_error(kind, value, registry.names())
+        if self.output_stride not in (8, 16):
+            raise ConfigError(f"model.output_stride {self.output_stride!r} is not supported; valid choices: 8, 16")
+        if self.width_mult <= 0:
+            raise ConfigError(f"model.width_mult {self.width_mult!r} must be > 0")
+        if self.head_channels is not None and self.head_channels < 1:
+            raise ConfigError(f"model.head_channels {self.head_channels!r} must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout {self.dropout!r} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str | None = None  # folder dataset: the VOC-style root
+    classes: tuple[str, ...] | None = None  # folder dataset: class names, index order
+    resolution: int = 128
+    train_size: int = 2000  # synthetic dataset: number of train scenes
+    val_size: int = 200  # synthetic dataset: number of val scenes
+    seed: int = 0
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    scale_range: tuple[float, float] = (0.75, 1.25)
+    hflip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise choices_error("data.dataset", self.dataset, DATASETS)
+        if self.dataset == "folder" and (not self.root or not self.classes):
+            raise ConfigError("data.dataset 'folder' needs data.root and data.classes")
+        if self.classes is not None and len(self.classes) < 2:
+            raise ConfigError(f"data.classes {list(self.classes)!r} must name at least 2 classes")
+        if self.resolution < 1:
+            raise ConfigError(f"data.resolution {self.resolution!r} must be >= 1")
+        if self.train_size < 1 or self.val_size < 1:
+            raise ConfigError(f"data.train_size {self.train_size!r} and data.val_size {self.val_size!r} must be >= 1")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"data.std {list(self.std)!r} must be > 0")
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ConfigError(f"data.scale_range {[lo, hi]!r} must satisfy 0 < low <= high")
+
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "sgd"
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    poly_power: float = 0.9
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise choices_error("train.optimizer", self.optimizer, OPTIMIZERS)
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} {getattr(self, key)!r} must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr {self.lr!r} must be > 0")
+        if self.num_workers < 0:
+            raise ConfigError(f"train.num_workers {self.num_workers!r} must be >= 0")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        os_ = self.model.output_stride
+        if self.data.resolution % os_:
+            raise ConfigError(
+                f"data.resolution {self.data.resolution} is not divisible by model.output_stride {os_}"
+            )
+        if self.data.resolution < 2 * os_:
+            raise ConfigError(f"data.resolution {self.data.resolution} is too small for output stride {os_}: minimum {2 * os_}")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        if self.data.dataset == "synthetic":
+            from .data.synthetic import CLASSES
+
+            return CLASSES
+        assert self.data.classes is not None
+        return self.data.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Arguments for `create_model` (the head is passed as the name)."""
+        m = self.model
+        return dict(
+            num_classes=self.num_classes, backbone=m.backbone, decoder=m.decoder, output_stride=m.output_stride,
+            width_mult=m.width_mult, head_channels=m.head_channels, dropout=m.dropout,
+            input_size=self.data.resolution, backbone_weights=m.backbone_weights,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        return _build(cls, data, "")
+
+    def replace(self, **sections: Any) -> Recipe:
+        """Copy with some fields changed: `recipe.replace(train={"epochs": 1})`."""
+        merged = self.to_dict()
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        return Recipe.from_dict(merged)
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"recipe key {key!r} must be a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"recipe key {key!r} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"recipe key {key!r} must have {len(args)} entries, got {list(value)!r}")
+        return tuple(_coerce(a, v, key) for a, v in zip(args, value))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (str, bool) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"recipe key {key!r} must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown recipe key {prefix + unknown[0]!r}; valid keys here: {', '.join(names)}")
+    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def builtin_recipes() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load a built-in recipe by name (`quick`, `default`) or a YAML file by path."""
+    path = Path(name_or_path)
+    if str(name_or_path) in builtin_recipes():
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    elif not path.is_file():
+        raise ConfigError(
+            f"recipe {str(name_or_path)!r} is neither a built-in recipe nor a file; "
+            f"built-in recipes: {', '.join(builtin_recipes())}"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping")
+    data.setdefault("name", path.stem)
+    return Recipe.from_dict(data)

@@ -1,0 +1,1 @@
+"""Metrics, accuracy against the float reference, latency and the report."""

@@ -1,0 +1,197 @@
+"""Float training: poly LR, cross-entropy with ignore index, per-epoch val mIoU, checkpoints.
+
+Runs as one process, or under `torchrun --nproc-per-node N` as DDP with no code change (gloo on
+CPU, NCCL on CUDA). Rank 0 writes the checkpoints and shows the progress bar; validation is
+sharded across ranks and its confusion matrices are summed.
+
+Files in `out_dir`:
+    last.pt   resume state (model, optimizer, scheduler, epoch, history, recipe)
+    float.pt  the trained float model: state dict, recipe, val mIoU, per-rank weight hashes
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from tqdm import tqdm
+
+from .checkpoint import load_state, read_checkpoint, save_checkpoint
+from .config import Recipe
+from .data import IGNORE_INDEX, build_dataset
+from .errors import CheckpointError, ConfigError
+from .evaluate.metrics import confusion_matrix, mean_iou
+from .fileio import state_dict_sha256
+from .models import create_model
+
+LAST, FINAL = "last.pt", "float.pt"
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    miou: float
+    seconds: float
+    device: str
+    world_size: int
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: torch.device | None) -> tuple[_Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return _Dist(), device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def poly_lambda(total_steps: int, power: float):
+    return lambda step: max(0.0, 1.0 - step / max(1, total_steps)) ** power
+
+
+@torch.no_grad()
+def evaluate_miou(model: nn.Module, dataset, device: torch.device, batch_size: int, ctx: _Dist = _Dist()) -> float:
+    """Val mIoU; each rank takes every world-th sample and the confusion matrices are summed."""
+    model.eval()
+    shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world))
+    num_classes = dataset.num_classes
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    for images, masks in DataLoader(shard, batch_size=batch_size):
+        logits = model(images.to(device))
+        cm += confusion_matrix(logits.argmax(1), masks.to(device), num_classes)
+    if ctx.world > 1:
+        dist.all_reduce(cm)
+    return mean_iou(cm.cpu())
+
+
+def _check_resume(saved: dict, recipe: Recipe, path: Path) -> None:
+    a, b = saved, recipe.to_dict()
+    diffs = [
+        f"{section}.{k}: checkpoint {a.get(section, {}).get(k)!r}, recipe {v!r}"
+        for section in ("model", "data", "train")
+        for k, v in b[section].items()
+        if a.get(section, {}).get(k) != v and not (section == "train" and k == "epochs")
+    ]
+    if diffs:
+        raise CheckpointError(f"cannot resume from {str(path)!r}: its recipe differs: " + "; ".join(diffs))
+
+
+def train(
+    recipe: Recipe, out_dir: str | Path, *, resume: bool = False, device: torch.device | str | None = None, progress: bool = True
+) -> TrainResult:
+    """Train the recipe's float model into `out_dir`; returns the final checkpoint and val mIoU."""
+    out = Path(out_dir)
+    ctx, dev = _init_distributed(torch.device(device) if device is not None else None)
+    cfg = recipe.train
+    torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
+    model = create_model(recipe.model.head, **recipe.model_kwargs()).to(dev)
+    train_set, val_set = build_dataset(recipe, "train"), build_dataset(recipe, "val")
+    if len(train_set) < cfg.batch_size * ctx.world:
+        raise ConfigError(
+            f"train split has {len(train_set)} samples, fewer than train.batch_size {cfg.batch_size} x {ctx.world} ranks"
+        )
+    if ctx.world > 1:
+        sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed, drop_last=True)
+    else:
+        sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(cfg.seed))
+    loader = DataLoader(
+        train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+    )
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total, cfg.poly_power))
+    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+
+    start_epoch, history = 0, []
+    if resume:
+        last = out / LAST
+        if not last.is_file():
+            raise CheckpointError(f"--resume: no {LAST} in {str(out)!r} to resume from")
+        state = read_checkpoint(last)
+        _check_resume(state["recipe"], recipe, last)
+        load_state(model, state["state_dict"], repr(str(last)))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+    net = nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
+    # Different augmentation on each rank, reproducible per (seed, rank, epoch).
+    started = time.perf_counter()
+    miou = history[-1]["val_miou"] if history else float("nan")
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(cfg.seed * 1000 + epoch * 16 + ctx.rank)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        net.train()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and ctx.main), leave=False)
+        loss_sum, steps = 0.0, 0
+        for images, masks in bar:
+            images, masks = images.to(dev, non_blocking=True), masks.to(dev, non_blocking=True)
+            loss = criterion(net(images), masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum, steps = loss_sum + loss.item(), steps + 1
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
+        miou = evaluate_miou(model, val_set, dev, cfg.batch_size, ctx)
+        history.append({"epoch": epoch + 1, "loss": loss_sum / max(1, steps), "val_miou": miou})
+        if progress and ctx.main:
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / max(1, steps):.4f}  val mIoU {miou:.4f}")
+        if ctx.main:
+            save_checkpoint(out / LAST, {
+                "state_dict": model.state_dict(), "recipe": recipe.to_dict(), "epoch": epoch + 1, "history": history,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            })
+    seconds = time.perf_counter() - started
+
+    rank_hashes = [state_dict_sha256(model.state_dict())]
+    if ctx.world > 1:
+        # BN running statistics are per rank; take rank 0's so every rank ends with one model.
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+        rank_hashes = [None] * ctx.world
+        dist.all_gather_object(rank_hashes, state_dict_sha256(model.state_dict()))
+        if len(set(rank_hashes)) != 1:
+            raise RuntimeError(f"ranks ended with different weights: {rank_hashes}")
+    final = out / FINAL
+    if ctx.main:
+        save_checkpoint(final, {
+            "state_dict": model.state_dict(), "recipe": recipe.to_dict(), "val_miou": miou, "history": history,
+            "rank_weight_sha256": rank_hashes, "device": str(dev), "world_size": ctx.world, "train_seconds": seconds,
+        })
+    if ctx.world > 1:
+        dist.barrier()
+    result = TrainResult(final, miou, seconds, str(dev), ctx.world, history)
+    if progress and ctx.main:
+        print(
+            f"trained {recipe.name}: {recipe.model.head} on {recipe.model.backbone} OS{recipe.model.output_stride}, "
+            f"{cfg.epochs} epochs, {seconds:.0f} s on {dev} x{ctx.world}; val mIoU {miou:.4f} -> {final}"
+        )
+    return result

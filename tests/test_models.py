@@ -1,0 +1,142 @@
+"""Every head x output stride x decoder: shapes, gradients, torch.export; plus head specifics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
+
+from aspp_edge.errors import ConfigError
+from aspp_edge.models import DECODERS, create_model, list_models
+from aspp_edge.models.aspp import HDC_RATES, ASPP_RATES, aspp, sep_aspp
+from aspp_edge.models.registry import Registry
+from aspp_edge.models.stats import model_stats
+
+from .conftest import TINY
+
+HEADS = list_models()
+COMBOS = [(h, os_, d) for h in HEADS for os_ in (8, 16) for d in DECODERS.names()]
+
+
+def test_registry_lists_all_seven_heads():
+    assert HEADS == sorted(["aspp", "aspp_nobn", "sep_aspp", "se_aspp", "sep_se_aspp", "hdc_aspp", "lraspp"])
+
+
+@pytest.mark.parametrize("head,output_stride,decoder", COMBOS)
+def test_forward_backward_export(head, output_stride, decoder):
+    torch.manual_seed(0)
+    model = create_model(head, output_stride=output_stride, decoder=decoder, **TINY)
+    (x,) = model.example_inputs()
+    assert x.shape == (1, 3, 64, 64)
+    model.train()
+    logits = model(x)  # batch size 1 in train mode: the image-pooling branch must cope
+    assert logits.shape == (1, TINY["num_classes"], 64, 64)
+    logits.square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad, f"parameters without a finite gradient: {no_grad[:5]}"
+    model.eval()
+    ep = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "mobilenet_v3_large"])
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_backbone_taps_and_stride(backbone, output_stride):
+    model = create_model("aspp", backbone=backbone, output_stride=output_stride, **TINY).eval()
+    with torch.no_grad():
+        feats = model.backbone(torch.zeros(2, 3, 64, 64))
+    assert feats["low"].shape[-2:] == (16, 16)  # stride 4
+    assert feats["mid"].shape[-2:] == (8, 8)  # stride 8
+    assert feats["out"].shape[-2:] == (64 // output_stride,) * 2
+    for name, t in feats.items():
+        assert t.shape[1] == model.backbone.channels[name]
+
+
+def _fold_bn(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_aspp_matches_torchvision(output_stride):
+    """Copy torchvision's ASPP weights into ours (folding the pooling branch's BN) and compare."""
+    torch.manual_seed(0)
+    cin, ch = 24, 16
+    ref = TorchvisionASPP(cin, list(ASPP_RATES[output_stride]), ch)
+    for m in ref.modules():  # non-trivial BN statistics, so a wrong mapping cannot pass
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    ref.eval()
+    ours = aspp(cin, output_stride=output_stride, channels=ch).eval()
+    with torch.no_grad():
+        for i in range(4):  # 1x1 and three atrous branches: conv, BN
+            ours.branches[i][0].weight.copy_(ref.convs[i][0].weight)
+            ours.branches[i][1].load_state_dict(ref.convs[i][1].state_dict())
+        w, b = _fold_bn(ref.convs[4][1], ref.convs[4][2])
+        ours.branches[4].conv.weight.copy_(w)
+        ours.branches[4].conv.bias.copy_(b)
+        ours.project[0][0].weight.copy_(ref.project[0].weight)
+        ours.project[0][1].load_state_dict(ref.project[1].state_dict())
+        x = torch.randn(2, cin, 9, 11)
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_hdc_stacks_cover_the_aspp_reach_without_gridding(output_stride):
+    for stack, rate in zip(HDC_RATES[output_stride], ASPP_RATES[output_stride]):
+        reach = {0}
+        for r in stack:
+            reach = {o + d for o in reach for d in (-r, 0, r)}
+        assert max(reach) == rate, f"stack {stack} reaches {max(reach)}, the ASPP branch reaches {rate}"
+        assert reach == set(range(-rate, rate + 1)), f"stack {stack} leaves holes (gridding)"
+
+
+def test_separable_head_counts_3_5x_fewer_macs():
+    feats = torch.zeros(1, 320, 32, 32)  # MobileNetV2 OS16 features of a 512x512 image
+    from aspp_edge.models.stats import count_macs
+
+    dense = count_macs(aspp(320, output_stride=16), feats)
+    separable = count_macs(sep_aspp(320, output_stride=16), feats)
+    assert dense / separable >= 3.5, (dense, separable)
+    # Cross-check the counter against the closed form for the dense head (per output pixel).
+    per_pixel = 320 * 256 + 3 * 320 * 256 * 9 + 5 * 256 * 256
+    assert dense == per_pixel * 32 * 32 + 320 * 256  # + the pooling branch's one pixel
+
+
+def test_model_stats_of_full_model():
+    s = model_stats(create_model("sep_aspp", num_classes=21), 512)
+    assert 5.0e9 < s.macs < 6.0e9 and s.head_macs < s.macs and s.head_params < s.params
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(name="nope"), r"unknown head 'nope'; valid choices: aspp, aspp_nobn, hdc_aspp"),
+        (dict(backbone="resnet50"), r"unknown backbone 'resnet50'; valid choices: mobilenet_v2, mobilenet_v3_large"),
+        (dict(decoder="unet"), r"unknown decoder 'unet'; valid choices: deeplabv3, deeplabv3plus, lraspp"),
+        (dict(output_stride=32), r"output_stride 32 is not supported; valid choices: 8, 16"),
+        (dict(num_classes=1), r"num_classes 1 is not valid; it must be an integer >= 2"),
+        (dict(input_size=16), r"too small for output stride 16"),
+    ],
+)
+def test_bad_model_arguments(kwargs, match):
+    args = {**TINY, "name": "aspp", **kwargs}
+    with pytest.raises(ConfigError, match=match):
+        create_model(args.pop("name"), **args)
+
+
+def test_input_too_small_at_forward():
+    model = create_model("aspp", output_stride=16, **TINY).eval()
+    with pytest.raises(ValueError, match=r"input 24x64 is too small for output stride 16: .* at least 32"):
+        model(torch.zeros(1, 3, 24, 64))
+
+
+def test_registry_refuses_duplicates():
+    reg = Registry("head")
+    reg.register("x")(lambda: None)
+    with pytest.raises(ValueError, match="head 'x' is already registered"):
+        reg.register("x")(lambda: None)
