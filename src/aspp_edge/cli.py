@@ -32,7 +32,7 @@ def _cmd_list(args: argparse.Namespace) -> None:
             output_stride=args.output_stride, width_mult=args.width_mult, input_size=args.size,
         )
         s = model_stats(model)
-        print(f"{name:<12} {s.params / 1e6:>10.3f} {s.macs / 1e9:>8.3f} {s.head_params / 1e6:>16.3f} {s.head_macs / 1e9:>11.3f}")
+        print(f"{name:<12} {s.params / 1e6:>10.4f} {s.macs / 1e9:>8.4f} {s.head_params / 1e6:>16.4f} {s.head_macs / 1e9:>11.4f}")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:

@@ -188,6 +188,7 @@ def train(
         })
     if ctx.world > 1:
         dist.barrier()
+        dist.destroy_process_group()
     result = TrainResult(final, miou, seconds, str(dev), ctx.world, history)
     if progress and ctx.main:
         print(

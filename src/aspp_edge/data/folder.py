@@ -92,11 +92,11 @@ class FolderSegmentation(Dataset):
 
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.pairs[index]
-        image = np.asarray(Image.open(image_path).convert("RGB"))
+        image = np.array(Image.open(image_path).convert("RGB"))
         with Image.open(mask_path) as m:
             if m.mode not in ("P", "L"):
                 raise DatasetError(f"mask {str(mask_path)!r} has mode {m.mode!r}; valid choices: P (palette), L (index)")
-            mask = np.asarray(m)
+            mask = np.array(m)
         if mask.shape != image.shape[:2]:
             raise DatasetError(
                 f"mask {mask_path.name} is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} is "

@@ -84,9 +84,13 @@ def _background_colors(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
 
 
 def _object_colors(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two contrasting colours of any hue, the same distribution for every class."""
+    """A saturated colour of any hue and a variation of it, the same distribution for every class.
+
+    The fill pattern's contrast stays below the outline's, so the shape is what stands out.
+    """
     a = rng.uniform(0, 255, 3)
-    return a, np.clip(255 - a + rng.normal(0, 40, 3), 0, 255)
+    a[rng.integers(0, 3)] = rng.choice([rng.uniform(0, 40), rng.uniform(215, 255)])  # push away from grey
+    return a, np.clip(a + rng.normal(0, 45, 3), 0, 255)
 
 
 def render_scene(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
