@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .config import Recipe
+from .config import Recipe, recipe_differences
 from .errors import CheckpointError
 from .fileio import atomic_path
 from .models import Segmenter, create_model
@@ -35,16 +35,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+MODEL_KEYS = ["model.head", "model.backbone", "model.decoder", "model.output_stride", "model.width_mult", "model.head_channels"]
+
+
 def _recipe_differences(saved: dict[str, Any], wanted: Recipe) -> list[str]:
     """Model-defining fields that differ between a checkpoint's recipe and `wanted`."""
-    diffs = []
-    saved_model, wanted_model = saved.get("model", {}), wanted.to_dict()["model"]
-    for key in ("head", "backbone", "decoder", "output_stride", "width_mult", "head_channels"):
-        if saved_model.get(key) != wanted_model[key]:
-            diffs.append(f"model.{key}: checkpoint {saved_model.get(key)!r}, recipe {wanted_model[key]!r}")
+    diffs = recipe_differences(saved, wanted, MODEL_KEYS)
     try:
         saved_classes = Recipe.from_dict(saved).num_classes
-    except Exception:  # an older or hand-edited recipe: fall back to the tensors' check
+    except Exception:  # an older or hand-edited recipe: the tensors' check below still applies
         saved_classes = None
     if saved_classes is not None and saved_classes != wanted.num_classes:
         diffs.append(f"num_classes: checkpoint {saved_classes}, recipe {wanted.num_classes}")

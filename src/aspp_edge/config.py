@@ -223,6 +223,18 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def recipe_differences(saved: dict[str, Any], wanted: Recipe, keys: list[str]) -> list[str]:
+    """'section.key: checkpoint A, recipe B' for each dotted key whose value differs."""
+    want = wanted.to_dict()
+    diffs = []
+    for dotted in keys:
+        section, key = dotted.split(".")
+        a, b = saved.get(section, {}).get(key), want[section][key]
+        if a != b:
+            diffs.append(f"{dotted}: checkpoint {a!r}, recipe {b!r}")
+    return diffs
+
+
 def builtin_recipes() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 

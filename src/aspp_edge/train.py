@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subs
 from tqdm import tqdm
 
 from .checkpoint import load_state, read_checkpoint, save_checkpoint
-from .config import Recipe
+from .config import Recipe, recipe_differences
 from .data import IGNORE_INDEX, build_dataset
 from .errors import CheckpointError, ConfigError
 from .evaluate.metrics import confusion_matrix, mean_iou
@@ -88,13 +88,9 @@ def evaluate_miou(model: nn.Module, dataset, device: torch.device, batch_size: i
 
 
 def _check_resume(saved: dict, recipe: Recipe, path: Path) -> None:
-    a, b = saved, recipe.to_dict()
-    diffs = [
-        f"{section}.{k}: checkpoint {a.get(section, {}).get(k)!r}, recipe {v!r}"
-        for section in ("model", "data", "train")
-        for k, v in b[section].items()
-        if a.get(section, {}).get(k) != v and not (section == "train" and k == "epochs")
-    ]
+    want = recipe.to_dict()
+    keys = [f"{section}.{k}" for section in ("model", "data", "train") for k in want[section] if f"{section}.{k}" != "train.epochs"]
+    diffs = recipe_differences(saved, recipe, keys)
     if diffs:
         raise CheckpointError(f"cannot resume from {str(path)!r}: its recipe differs: " + "; ".join(diffs))
 
