@@ -112,12 +112,96 @@ class TrainConfig:
             raise ConfigError(f"train.num_workers {self.num_workers!r} must be >= 0")
 
 
+OBSERVERS = ("minmax", "ema", "percentile", "mse")
+MIN_CALIB_SIZE = 8  # fewer images than this cannot give stable activation ranges
+
+
+@dataclass(frozen=True)
+class PTQConfig:
+    """Calibrated post-training quantization (the shared int8 scheme)."""
+
+    observer: str = "minmax"
+    per_channel: bool = True
+    cle: bool = False
+    calib_size: int = 64
+    batch_size: int = 16
+    percentile: float = 99.99
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.observer not in OBSERVERS:
+            raise choices_error("observer", self.observer, OBSERVERS)
+        if self.calib_size < MIN_CALIB_SIZE:
+            raise ConfigError(f"ptq.calib_size {self.calib_size!r} is too small; it must be >= {MIN_CALIB_SIZE}")
+        if self.batch_size < 1:
+            raise ConfigError(f"ptq.batch_size {self.batch_size!r} must be >= 1")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"ptq.percentile {self.percentile!r} must be in (50, 100]")
+
+    @property
+    def method(self) -> str:
+        return "ptq"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PTQConfig:
+        return _build(cls, data, "ptq.")
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Quantization-aware fine-tuning from the float checkpoint.
+
+    Steps count optimizer steps. BN statistics freeze after `freeze_bn_step` steps and the
+    fake-quant observers after `freeze_observer_step` (both must lie within `steps`).
+    """
+
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    freeze_bn_step: int = 200
+    freeze_observer_step: int = 250
+    per_channel: bool = True
+    calib_size: int = 64  # forward passes that initialise the fake-quant ranges before training
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"qat.steps {self.steps!r} must be >= 1")
+        for key in ("freeze_bn_step", "freeze_observer_step"):
+            value = getattr(self, key)
+            if not 0 <= value <= self.steps:
+                raise ConfigError(f"qat.{key} {value!r} must be between 0 and qat.steps ({self.steps})")
+        if self.lr <= 0:
+            raise ConfigError(f"qat.lr {self.lr!r} must be > 0")
+        if self.batch_size < 1:
+            raise ConfigError(f"qat.batch_size {self.batch_size!r} must be >= 1")
+        if self.calib_size < MIN_CALIB_SIZE:
+            raise ConfigError(f"qat.calib_size {self.calib_size!r} is too small; it must be >= {MIN_CALIB_SIZE}")
+
+    @property
+    def method(self) -> str:
+        return "qat"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QATConfig:
+        return _build(cls, data, "qat.")
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ptq: PTQConfig = field(default_factory=PTQConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
 
     def __post_init__(self) -> None:
         os_ = self.model.output_stride

@@ -1,0 +1,39 @@
+"""The calibration set and the calibration pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from ..config import MIN_CALIB_SIZE
+from ..errors import ConfigError
+
+
+def calibration_batches(train_set: Dataset, size: int, batch_size: int, *, seed: int = 0) -> list[torch.Tensor]:
+    """A deterministic calibration set: `size` images drawn without replacement from the train split.
+
+    The dataset should be built without augmentation (`build_dataset(recipe, "train", augment=False)`).
+    """
+    n = len(train_set)
+    if size < MIN_CALIB_SIZE:
+        raise ConfigError(f"calibration set size {size} is too small; it must be >= {MIN_CALIB_SIZE}")
+    if n < size:
+        raise ConfigError(f"calibration set size {size} exceeds the {n} images of the train split")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].tolist()
+    images = torch.stack([train_set[i][0] for i in order])
+    return list(images.split(batch_size))
+
+
+@torch.no_grad()
+def calibrate(prepared: torch.nn.Module, batches: Iterable[torch.Tensor], *, progress: bool = False) -> int:
+    """Run `batches` through a prepared (observed) model; returns the number of images seen."""
+    seen = 0
+    for batch in tqdm(list(batches), desc="calibrate", disable=not progress, leave=False):
+        prepared(batch)
+        seen += batch.shape[0]
+    if seen == 0:
+        raise ConfigError("calibration set is empty")
+    return seen

@@ -1,0 +1,36 @@
+"""Calibrated post-training quantization: export -> prepare_pt2e -> calibrate (convert is the caller's)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch.fx import GraphModule
+from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+from ..calibration.calibrate import calibrate
+from ..config import PTQConfig
+from .quantizers import build_quantizer
+
+MAX_BATCH = 1024
+
+
+def export_for_quantization(model: torch.nn.Module, example: torch.Tensor) -> GraphModule:
+    """torch.export with a dynamic batch dimension (an exported program otherwise asserts its batch size)."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    example = example[:1].expand(2, *example.shape[1:]).contiguous()  # batch 1 would specialise the dim
+    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+
+
+def ptq(model: torch.nn.Module, config: PTQConfig, batches: list[torch.Tensor], *, progress: bool = False) -> GraphModule:
+    """The calibrated, prepared (observed) program of `model` under the shared int8 scheme."""
+    model = copy.deepcopy(model).eval()
+    if config.cle:
+        from ..calibration.equalize import equalize
+
+        model = equalize(model)
+    gm = export_for_quantization(model, batches[0])
+    quantizer = build_quantizer(observer=config.observer, per_channel=config.per_channel, percentile=config.percentile)
+    prepared = prepare_pt2e(gm, quantizer)
+    calibrate(prepared, batches, progress=progress)
+    return prepared

@@ -1,0 +1,108 @@
+"""Quantization-aware training: export -> prepare_qat_pt2e -> fine-tune -> (convert is the caller's).
+
+From the float model: fake-quant ranges are first initialised on the calibration set, then the
+program is fine-tuned with a small learning rate. After `freeze_bn_step` optimizer steps the BN
+nodes stop updating their running statistics (the graph's batch_norm nodes switch to inference),
+and after `freeze_observer_step` the fake-quant ranges stop moving (`disable_observer`).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import torch
+from torch import nn
+from torch.fx import GraphModule
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torchao.quantization.pt2e import disable_observer, move_exported_model_to_eval, move_exported_model_to_train
+from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+from tqdm import tqdm
+
+from ..config import QATConfig
+from ..data import IGNORE_INDEX
+from ..evaluate.metrics import confusion_matrix, mean_iou
+from .ptq import MAX_BATCH
+from .quantizers import build_quantizer
+
+BN_TARGETS = {
+    torch.ops.aten.batch_norm.default,
+    torch.ops.aten._native_batch_norm_legit.default,
+    torch.ops.aten.cudnn_batch_norm.default,
+}
+BN_TRAINING_ARG = 5  # `training` is the sixth argument of every batch_norm overload above
+
+
+def freeze_bn_stats(prepared: GraphModule) -> int:
+    """Make every batch_norm node use (and stop updating) its running statistics; returns the count."""
+    count = 0
+    for node in prepared.graph.nodes:
+        if node.op == "call_function" and node.target in BN_TARGETS and node.args[BN_TRAINING_ARG]:
+            args = list(node.args)
+            args[BN_TRAINING_ARG] = False
+            node.args = tuple(args)
+            count += 1
+    prepared.recompile()
+    return count
+
+
+def export_for_training(model: nn.Module, example: torch.Tensor) -> GraphModule:
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    example = example[:1].expand(2, *example.shape[1:]).contiguous()
+    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+
+
+def qat(
+    model: nn.Module,
+    config: QATConfig,
+    train_set: Dataset,
+    batches: list[torch.Tensor],
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> GraphModule:
+    """The QAT-trained prepared program of `model` (fake-quant modules in place, eval mode)."""
+    device = torch.device(device)
+    torch.manual_seed(config.seed)
+    model = copy.deepcopy(model).train()
+    prepared = prepare_qat_pt2e(export_for_training(model, batches[0]), build_quantizer(qat=True, per_channel=config.per_channel))
+    prepared.to(device)
+
+    # Initialise the fake-quant ranges on the calibration set with the BN statistics held.
+    move_exported_model_to_eval(prepared)
+    with torch.no_grad():
+        for batch in batches:
+            prepared(batch.to(device))
+    move_exported_model_to_train(prepared)
+
+    loader = DataLoader(
+        train_set, batch_size=config.batch_size, drop_last=True,
+        sampler=RandomSampler(train_set, replacement=True, num_samples=config.steps * config.batch_size,
+                              generator=torch.Generator().manual_seed(config.seed)),
+    )
+    optimizer = torch.optim.AdamW(prepared.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
+    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    num_classes = getattr(train_set, "num_classes", None)
+    cm = None
+    bar = tqdm(itertools.islice(loader, config.steps), total=config.steps, desc="qat", disable=not progress, leave=False)
+    for step, (images, masks) in enumerate(bar):
+        if step == config.freeze_bn_step:
+            freeze_bn_stats(prepared)
+        if step == config.freeze_observer_step:
+            prepared.apply(disable_observer)
+        images, masks = images.to(device), masks.to(device)
+        logits = prepared(images)
+        loss = criterion(logits, masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if num_classes:
+            batch_cm = confusion_matrix(logits.detach().argmax(1), masks, num_classes)
+            cm = batch_cm if cm is None else cm + batch_cm
+            bar.set_postfix(loss=f"{loss.item():.3f}", miou=f"{mean_iou(cm.cpu()):.3f}")
+    if config.freeze_bn_step >= config.steps:
+        freeze_bn_stats(prepared)
+    move_exported_model_to_eval(prepared)
+    return prepared.cpu()

@@ -1,0 +1,83 @@
+"""The shared int8 scheme as a PT2E quantizer.
+
+Weights int8 symmetric per-channel (per-tensor by option), activations int8 asymmetric
+per-tensor, one set of qparams shared by every concat's inputs and output, and by the input and
+output of each bilinear resize, average pool and broadcast (what TFLite's RESIZE_BILINEAR,
+AVERAGE_POOL_2D/MEAN and BROADCAST_TO need in int8, and what lets XNNPACK run them without a
+requantize).
+
+Built on ExecuTorch's XNNPACKQuantizer (its patterns, conv+BN folding for QAT and concat
+sharing); the one change is the annotation order: resize and broadcast nodes are annotated to
+share their producer's qparams *before* concats are annotated, so a concat fed by an upsample
+or by the image-pooling broadcast joins the same qparam group instead of adding a requantize.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import OP_TO_ANNOTATOR, propagate_annotation
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationConfig, SharedQuantizationSpec
+
+from ..calibration.observers import observer_ctr
+
+Q_ANNOTATION_KEY = "quantization_annotation"
+
+# Ops whose output must carry the qparams of their input.
+SHARED_RANGE_TARGETS = {
+    torch.ops.aten.upsample_bilinear2d.vec,
+    torch.ops.aten.upsample_bilinear2d.default,
+    torch.ops.aten.expand.default,
+}
+
+
+def scheme_config(*, observer: str = "minmax", per_channel: bool = True, qat: bool = False, percentile: float = 99.99) -> QuantizationConfig:
+    """The int8 scheme's QuantizationConfig with the chosen activation observer.
+
+    QAT keeps XNNPACK's fake-quant modules (moving-average observers inside FakeQuantize); the
+    observer name selects the PTQ range estimator only.
+    """
+    base = get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat)
+    if qat:
+        return base
+    act = dataclasses.replace(base.input_activation, observer_or_fake_quant_ctr=observer_ctr(observer, percentile=percentile))
+    return dataclasses.replace(base, input_activation=act, output_activation=act)
+
+
+def _annotate_shared_range(model: GraphModule) -> None:
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target not in SHARED_RANGE_TARGETS:
+            continue
+        src = node.args[0]
+        if not isinstance(src, Node) or Q_ANNOTATION_KEY in node.meta:
+            continue
+        producer = src.meta.get(Q_ANNOTATION_KEY)
+        if producer is None or producer.output_qspec is None:
+            continue  # the input is float: leave the resize in float too
+        shared = SharedQuantizationSpec(src)
+        node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+            input_qspec_map={src: shared}, output_qspec=shared, _annotated=True
+        )
+
+
+class Int8SchemeQuantizer(XNNPACKQuantizer):
+    """XNNPACKQuantizer with resize/broadcast sharing annotated before concats."""
+
+    SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if p.name != "cat"]
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        model = self._annotate_for_quantization_config(model)  # convs, adds, muls, pools
+        propagate_annotation(model)  # relu / hardtanh / pool / dropout share their producer's
+        _annotate_shared_range(model)
+        OP_TO_ANNOTATOR["cat"](model, self.global_config, self.filter_fn)
+        propagate_annotation(model)
+        return model
+
+
+def build_quantizer(*, observer: str = "minmax", per_channel: bool = True, qat: bool = False, percentile: float = 99.99) -> Int8SchemeQuantizer:
+    return Int8SchemeQuantizer().set_global(
+        scheme_config(observer=observer, per_channel=per_channel, qat=qat, percentile=percentile)
+    )
