@@ -42,6 +42,21 @@ def _cmd_train(args: argparse.Namespace) -> None:
     train(load_recipe(args.recipe), args.out, resume=args.resume, device=args.device)
 
 
+def _cmd_quantize(args: argparse.Namespace) -> None:
+    from .config import load_recipe
+    from .quantize.job import quantize_checkpoint
+
+    r = quantize_checkpoint(
+        load_recipe(args.recipe), args.checkpoint, args.method, args.out, observer=args.observer, cle=args.cle,
+        calib_size=args.calib_size, per_channel=args.per_channel,
+    )
+    print(f"worst layers (cumulative SQNR of each quantized tensor vs float):")
+    for row in r.worst_layers:
+        print(f"  {row['tensor']:<28} {row['sqnr_db']:7.2f} dB  range [{row['min']:.3g}, {row['max']:.3g}]  scale {row['scale']:.3g}")
+    print(f"\n{r.method}: float mIoU {r.float_miou:.4f}  int8 mIoU {r.int8_miou:.4f}  drop {r.miou_drop_points:.2f} points")
+    print(f"logits SQNR {r.sqnr_db:.2f} dB, argmax agreement {r.agreement:.4f}, {r.seconds:.0f} s -> {r.program}")
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     from .config import load_recipe
     from .pipeline import run
@@ -76,6 +91,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("quantize", help="int8 program from a float checkpoint (PTQ or QAT)", formatter_class=fmt)
+    p.add_argument("--recipe", default="default", help="built-in recipe name or a YAML path (its ptq:/qat: sections)")
+    p.add_argument("--checkpoint", required=True, help="float checkpoint (float.pt)")
+    p.add_argument("--method", default="ptq", help="ptq or qat")
+    p.add_argument("--observer", default=None, help="PTQ activation observer: minmax, ema, percentile, mse (default: recipe)")
+    p.add_argument("--cle", default=None, action=argparse.BooleanOptionalAction, help="cross-layer equalization before PTQ (default: recipe)")
+    p.add_argument("--per-channel", default=None, action=argparse.BooleanOptionalAction, help="per-channel weights (default: recipe)")
+    p.add_argument("--calib-size", type=int, default=None, help="calibration images (default: recipe)")
+    p.add_argument("--out", required=True, help="output directory for <name>_int8.pt2 and its reports")
+    p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("run", help="the end-to-end pipeline on a recipe", formatter_class=fmt)
     p.add_argument("--recipe", default="default", help="built-in recipe name (quick, default) or a YAML path")

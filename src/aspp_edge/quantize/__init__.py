@@ -7,6 +7,7 @@ convert_pt2e. The *prepared* program is what is shared: each backend converts it
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from dataclasses import dataclass, field
@@ -56,21 +57,26 @@ class QuantizedModel:
         """Activation qparams of the converted program: one entry per quantize node."""
         return activation_qparams(self.convert(fold_quantize=False))
 
-    def save(self, out_dir: str | Path, name: str) -> Path:
-        """Write `<name>_int8.pt2` (converted, unfolded Q/DQ program) and `<name>_int8.json` atomically."""
+    def save(self, out_dir: str | Path, name: str, reports: dict[str, Any] | None = None) -> Path:
+        """Write `<name>_int8.pt2` (the converted Q/DQ program, weights not folded, so each backend
+        can fold or not), `<name>_int8.json` (config, qparams, meta) and `<name>_int8.<key>.json`
+        for each extra report. All files are written to temporary names and renamed together at the end.
+        """
         out = Path(out_dir)
         converted = self.convert(fold_quantize=False)
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         example = self.example[:1].expand(2, *self.example.shape[1:]).contiguous()
         program = torch.export.export(converted, (example,), dynamic_shapes=({0: batch},))
-        pt2, info = out / f"{name}_int8.pt2", out / f"{name}_int8.json"
         summary = {
             "method": self.method, "config": self.config.to_dict(), "input_shape": list(self.example.shape[1:]),
             "qparams": activation_qparams(converted), **self.meta,
         }
-        with atomic_path(pt2) as tmp_pt2, atomic_path(info) as tmp_info:
-            torch.export.save(program, tmp_pt2)
-            tmp_info.write_text(json.dumps(summary, indent=2))
+        texts = {f"{name}_int8.json": summary, **{f"{name}_int8.{k}.json": v for k, v in (reports or {}).items()}}
+        pt2 = out / f"{name}_int8.pt2"
+        with contextlib.ExitStack() as stack:
+            torch.export.save(program, stack.enter_context(atomic_path(pt2)))
+            for filename, payload in texts.items():
+                stack.enter_context(atomic_path(out / filename)).write_text(json.dumps(payload, indent=2))
         return pt2
 
 

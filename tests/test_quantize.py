@@ -1,0 +1,184 @@
+"""Quantization: the shared int8 scheme on every head, QAT, saved programs, per-layer report, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from aspp_edge.calibration.calibrate import calibrate, calibration_batches
+from aspp_edge.calibration.observers import PercentileObserver
+from aspp_edge.calibration.report import layer_report, sqnr_db
+from aspp_edge.config import PTQConfig, QATConfig, Recipe
+from aspp_edge.data import build_dataset
+from aspp_edge.errors import CheckpointError, ConfigError
+from aspp_edge.models import list_models
+from aspp_edge.quantize import load_quantized, quantize
+from aspp_edge.quantize.job import compare_logits, quantize_checkpoint
+from aspp_edge.train import evaluate_miou, train
+
+PTQ_SQNR_FLOOR_DB = 20.0  # fake-quant logits vs float, every head, quick recipe (issue threshold)
+QUANTIZE_PER_TENSOR = torch.ops.quantized_decomposed.quantize_per_tensor.default
+DEQUANTIZE_PER_TENSOR = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+
+
+def _val_images(recipe: Recipe, n: int = 16) -> torch.Tensor:
+    val = build_dataset(recipe, "val")
+    return torch.stack([val[i][0] for i in range(n)])
+
+
+@pytest.fixture(scope="session")
+def quick_calib(quick_recipe):
+    return calibration_batches(build_dataset(quick_recipe, "train", augment=False), 32, 16)
+
+
+@pytest.fixture(scope="session")
+def head_models(tmp_path_factory, quick_recipe):
+    """Every head trained briefly on the quick recipe (2 epochs, 256 scenes): name -> float model."""
+    from aspp_edge.checkpoint import load_model
+
+    models = {}
+    for head in list_models():
+        recipe = quick_recipe.replace(model={"head": head}, train={"epochs": 2}, data={"train_size": 256})
+        result = train(recipe, tmp_path_factory.mktemp(head), progress=False)
+        models[head] = load_model(result.checkpoint, recipe)[0]
+    return models
+
+
+@pytest.mark.parametrize("head", list_models())
+def test_ptq_every_head_keeps_logits(head, head_models, quick_recipe, quick_calib):
+    model = head_models[head]
+    q = quantize(model, PTQConfig(observer="minmax"), calibration=quick_calib)
+    sqnr, agreement = compare_logits(model, q.convert(), _val_images(quick_recipe))
+    assert sqnr >= PTQ_SQNR_FLOOR_DB, f"{head}: {sqnr:.1f} dB"
+    assert agreement > 0.9
+
+
+@pytest.mark.parametrize("head", ["aspp", "sep_aspp", "hdc_aspp"])
+def test_every_concat_and_resize_shares_one_qparam(head, head_models, quick_calib):
+    """Read from the converted graph: a concat's dequantized inputs and its output quantize carry one
+    (scale, zero point); so do the input and output of each resize and broadcast."""
+    converted = quantize(head_models[head], PTQConfig(), calibration=quick_calib).convert()
+    checked = 0
+    for node in converted.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target == torch.ops.aten.cat.default:
+            inputs = list(node.args[0])
+        elif node.target in (torch.ops.aten.upsample_bilinear2d.vec, torch.ops.aten.expand.default,
+                             torch.ops.aten.adaptive_avg_pool2d.default):
+            inputs = [node.args[0]]
+        else:
+            continue
+        assert all(i.target == DEQUANTIZE_PER_TENSOR for i in inputs), f"{node.name} has a float input"
+        (user,) = node.users
+        assert user.target == QUANTIZE_PER_TENSOR, f"{node.name} output is not quantized"
+        qparams = {(float(i.args[1]), int(i.args[2])) for i in inputs} | {(float(user.args[1]), int(user.args[2]))}
+        assert len(qparams) == 1, f"{node.name}: {qparams}"
+        checked += 1
+    assert checked >= 4  # two concats (ASPP, decoder), the broadcast, the pool, the resizes
+
+
+def test_observers_all_calibrate(head_models, quick_recipe, quick_calib):
+    model, images = head_models["sep_aspp"], _val_images(quick_recipe)
+    for observer in ("minmax", "ema", "percentile", "mse"):
+        q = quantize(model, PTQConfig(observer=observer), calibration=quick_calib)
+        sqnr, _ = compare_logits(model, q.convert(), images)
+        assert sqnr >= PTQ_SQNR_FLOOR_DB, f"{observer}: {sqnr:.1f} dB"
+
+
+def test_percentile_observer_clips_outliers():
+    obs = PercentileObserver(dtype=torch.int8, quant_min=-128, quant_max=127, percentile=99.0)
+    x = torch.linspace(0, 1, 10001)
+    x[0], x[-1] = -100.0, 100.0
+    obs(x)
+    assert 0.0 <= float(obs.min_val) < 0.02 and 0.98 < float(obs.max_val) <= 1.0
+
+
+def test_qat_improves_on_ptq_minmax(quick_trained, quick_recipe):
+    """On the quick recipe, QAT's mIoU drop is smaller than PTQ-minmax's (same float model)."""
+    from aspp_edge.checkpoint import load_model
+
+    model = load_model(quick_trained.checkpoint, quick_recipe)[0]
+    calib = calibration_batches(build_dataset(quick_recipe, "train", augment=False), 32, 16)
+    val = build_dataset(quick_recipe, "val")
+    float_miou = evaluate_miou(model, val, torch.device("cpu"), 16)
+    ptq = quantize(model, PTQConfig(observer="minmax"), calibration=calib).convert()
+    qat = quantize(model, quick_recipe.qat, calibration=calib, train_set=build_dataset(quick_recipe, "train")).convert()
+    ptq_drop = float_miou - evaluate_miou(ptq, val, torch.device("cpu"), 16)
+    qat_drop = float_miou - evaluate_miou(qat, val, torch.device("cpu"), 16)
+    assert qat_drop < ptq_drop, (float_miou, ptq_drop, qat_drop)
+
+
+def test_quantize_checkpoint_writes_program_and_reports(tmp_path, quick_trained, quick_recipe):
+    out = tmp_path / "q"
+    result = quantize_checkpoint(quick_recipe, quick_trained.checkpoint, "ptq", out, progress=False, calib_size=16)
+    assert sorted(p.name for p in out.iterdir()) == ["quick_ptq_int8.json", "quick_ptq_int8.layers.json", "quick_ptq_int8.pt2"]
+    summary = json.loads((out / "quick_ptq_int8.json").read_text())
+    assert summary["method"] == "ptq" and summary["config"]["calib_size"] == 16
+    assert summary["qparams"] and all(-128 <= q["zero_point"] <= 127 and q["scale"] > 0 for q in summary["qparams"])
+    assert summary["sqnr_db"] == pytest.approx(result.sqnr_db) and result.sqnr_db >= PTQ_SQNR_FLOOR_DB
+    layers = json.loads((out / "quick_ptq_int8.layers.json").read_text())
+    assert len(layers) > 20 and layers == sorted(layers, key=lambda r: r["sqnr_db"])
+    # The saved program reloads and computes what the in-memory int8 program computes.
+    program = load_quantized(result.program)
+    images = _val_images(quick_recipe, 4)
+    from aspp_edge.checkpoint import load_model
+
+    model = load_model(quick_trained.checkpoint, quick_recipe)[0]
+    assert sqnr_db(model(images).detach(), program(images)) == pytest.approx(
+        compare_logits(model, program, images)[0])
+    assert compare_logits(model, program, images)[0] >= PTQ_SQNR_FLOOR_DB
+
+
+def test_layer_report_matches_layers(head_models, quick_calib):
+    q = quantize(head_models["aspp"], PTQConfig(), calibration=quick_calib)
+    rows = layer_report(q.prepared, q.convert(), quick_calib[0][:2])
+    by_name = {r["tensor"]: r for r in rows}
+    assert by_name["x"]["sqnr_db"] > 35  # the input only sees its own rounding
+    assert all(r["min"] <= r["max"] for r in rows if r["min"] == r["min"])
+
+
+def test_configs_round_trip_json():
+    for cfg in (PTQConfig(observer="percentile", cle=True, calib_size=32), QATConfig(steps=10, freeze_bn_step=5, freeze_observer_step=8)):
+        assert type(cfg).from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: PTQConfig(observer="kl"), r"unknown observer 'kl'; valid choices: ema, minmax, mse, percentile"),
+        (lambda: PTQConfig(calib_size=4), r"ptq.calib_size 4 is too small; it must be >= 8"),
+        (lambda: QATConfig(steps=10, freeze_bn_step=20), r"qat.freeze_bn_step 20 must be between 0 and qat.steps \(10\)"),
+        (lambda: QATConfig(steps=10, freeze_bn_step=5, freeze_observer_step=11), r"qat.freeze_observer_step 11"),
+        (lambda: PTQConfig.from_dict({"observr": "mse"}), r"unknown recipe key 'ptq.observr'"),
+    ],
+)
+def test_bad_configs(make, match):
+    with pytest.raises(ConfigError, match=match):
+        make()
+
+
+def test_calibration_set_errors(quick_recipe):
+    train_set = build_dataset(quick_recipe, "train", augment=False)
+    with pytest.raises(ConfigError, match=r"calibration set size 2 is too small; it must be >= 8"):
+        calibration_batches(train_set, 2, 2)
+    with pytest.raises(ConfigError, match=r"calibration set size 100000 exceeds the 512 images"):
+        calibration_batches(train_set, 100000, 16)
+    with pytest.raises(ConfigError, match="calibration set is empty"):
+        calibrate(torch.nn.Identity(), [])
+
+
+def test_quantize_checkpoint_bad_input(tmp_path, quick_trained, quick_recipe):
+    out = tmp_path / "q"
+    with pytest.raises(ConfigError, match=r"unknown method 'int4'; valid choices: ptq, qat"):
+        quantize_checkpoint(quick_recipe, quick_trained.checkpoint, "int4", out)
+    with pytest.raises(ConfigError, match=r"option 'observer' does not apply to method 'qat'"):
+        quantize_checkpoint(quick_recipe, quick_trained.checkpoint, "qat", out, observer="mse")
+    other = quick_recipe.replace(model={"head": "lraspp"})
+    with pytest.raises(CheckpointError, match=r"model.head: checkpoint 'sep_aspp', recipe 'lraspp'"):
+        quantize_checkpoint(other, quick_trained.checkpoint, "ptq", out)
+    with pytest.raises(ConfigError, match=r"calibration set size 9999 exceeds"):
+        quantize_checkpoint(quick_recipe, quick_trained.checkpoint, "ptq", out, calib_size=9999)
+    assert not out.exists()  # nothing half-written after any failure
