@@ -82,7 +82,16 @@ def quantize_checkpoint(
         layers = layer_report(qmodel.prepared, converted, calib[0][:REPORT_IMAGES])
     finally:
         qmodel.prepared.apply(enable_fake_quant)
+    cle_meta = {}
+    if getattr(config, "cle", False):
+        from ..calibration.equalize import EqualizeReport, equalize
+
+        report = EqualizeReport()
+        equalized = equalize(model, report)
+        cle_meta = {"cle": dataclasses.asdict(report),
+                    "cle_float_miou": evaluate_miou(equalized, val, torch.device("cpu"), recipe.train.batch_size)}
     qmodel.meta = {
+        **cle_meta,
         "recipe": recipe.to_dict(), "source_checkpoint_sha256": sha256_file(checkpoint),
         "float_miou": float_miou, "int8_miou": int8_miou, "miou_drop_points": 100 * (float_miou - int8_miou),
         "sqnr_db": sqnr, "agreement": agreement, "evaluated_on": "int8 Q/DQ reference program (PyTorch, cpu)",
