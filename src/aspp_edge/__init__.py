@@ -1,12 +1,13 @@
 """aspp-edge: ASPP-head segmentation models for phones.
 
-Build (`create_model`), train (`train`), and, as the later stages land, quantize, export and
-evaluate them. See DESIGN.md for the data flow.
+Build (`create_model`), train (`train`) and quantize (`quantize`) them; export and evaluation
+join as they land. See DESIGN.md for the data flow.
 """
 
-from .config import Recipe, load_recipe
+from .config import PTQConfig, QATConfig, Recipe, load_recipe
 from .errors import AsppEdgeError, CheckpointError, ConfigError, DatasetError
 from .models import create_model, list_models
+from .quantize import QuantizedModel, quantize
 from .train import train
 
 __version__ = "0.1.0"
@@ -16,10 +17,14 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DatasetError",
+    "PTQConfig",
+    "QATConfig",
+    "QuantizedModel",
     "Recipe",
     "__version__",
     "create_model",
     "list_models",
     "load_recipe",
+    "quantize",
     "train",
 ]
