@@ -35,12 +35,12 @@ def quick_calib(quick_recipe):
 
 @pytest.fixture(scope="session")
 def head_models(tmp_path_factory, quick_recipe):
-    """Every head trained briefly on the quick recipe (2 epochs, 256 scenes): name -> float model."""
+    """Every head trained on the quick recipe for half its epochs (4): name -> float model."""
     from aspp_edge.checkpoint import load_model
 
     models = {}
     for head in list_models():
-        recipe = quick_recipe.replace(model={"head": head}, train={"epochs": 2}, data={"train_size": 256})
+        recipe = quick_recipe.replace(model={"head": head}, train={"epochs": 4})
         result = train(recipe, tmp_path_factory.mktemp(head), progress=False)
         models[head] = load_model(result.checkpoint, recipe)[0]
     return models

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -113,11 +113,25 @@ class TrainConfig:
 
 
 OBSERVERS = ("minmax", "ema", "percentile", "mse")
+
+
+class _QuantSection:
+    """JSON round trip for the ptq: and qat: sections (`method` names the section)."""
+
+    method: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return _build(cls, data, cls.method + ".")
 MIN_CALIB_SIZE = 8  # fewer images than this cannot give stable activation ranges
 
 
 @dataclass(frozen=True)
-class PTQConfig:
+class PTQConfig(_QuantSection):
+    method: ClassVar[str] = "ptq"
     """Calibrated post-training quantization (the shared int8 scheme)."""
 
     observer: str = "minmax"
@@ -138,20 +152,11 @@ class PTQConfig:
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"ptq.percentile {self.percentile!r} must be in (50, 100]")
 
-    @property
-    def method(self) -> str:
-        return "ptq"
-
-    def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PTQConfig:
-        return _build(cls, data, "ptq.")
 
 
 @dataclass(frozen=True)
-class QATConfig:
+class QATConfig(_QuantSection):
+    method: ClassVar[str] = "qat"
     """Quantization-aware fine-tuning from the float checkpoint.
 
     Steps count optimizer steps. BN statistics freeze after `freeze_bn_step` steps and the
@@ -182,16 +187,6 @@ class QATConfig:
         if self.calib_size < MIN_CALIB_SIZE:
             raise ConfigError(f"qat.calib_size {self.calib_size!r} is too small; it must be >= {MIN_CALIB_SIZE}")
 
-    @property
-    def method(self) -> str:
-        return "qat"
-
-    def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QATConfig:
-        return _build(cls, data, "qat.")
 
 
 @dataclass(frozen=True)
