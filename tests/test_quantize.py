@@ -182,3 +182,25 @@ def test_quantize_checkpoint_bad_input(tmp_path, quick_trained, quick_recipe):
     with pytest.raises(ConfigError, match=r"calibration set size 9999 exceeds"):
         quantize_checkpoint(quick_recipe, quick_trained.checkpoint, "ptq", out, calib_size=9999)
     assert not out.exists()  # nothing half-written after any failure
+
+
+@pytest.mark.distributed
+def test_qat_under_torchrun_two_ranks_agree(tmp_path, quick_trained, quick_recipe):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = quick_recipe.replace(qat={"steps": 6, "freeze_bn_step": 3, "freeze_observer_step": 4, "calib_size": 8})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe.to_dict()))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "aspp_edge.cli",
+           "quantize", "--recipe", str(path), "--checkpoint", str(quick_trained.checkpoint), "--method", "qat",
+           "--out", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "quick_qat_int8.json").read_text())
+    hashes = summary["rank_weight_sha256"]
+    assert summary["world_size"] == 2 and len(hashes) == 2 and hashes[0] == hashes[1]
+    assert load_quantized(tmp_path / "out" / "quick_qat_int8.pt2") is not None

@@ -11,7 +11,6 @@ Files in `out_dir`:
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from .config import Recipe, recipe_differences
 from .data import IGNORE_INDEX, build_dataset
 from .errors import CheckpointError, ConfigError
 from .evaluate.metrics import confusion_matrix, mean_iou
-from .fileio import state_dict_sha256
+from .distributed import DistContext, finish_distributed, init_distributed, sync_and_hash
 from .models import create_model
 
 LAST, FINAL = "last.pt", "float.pt"
@@ -43,37 +42,12 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device: torch.device | None) -> tuple[_Dist, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return _Dist(), device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size(), local_rank), device
-
-
 def poly_lambda(total_steps: int, power: float):
     return lambda step: max(0.0, 1.0 - step / max(1, total_steps)) ** power
 
 
 @torch.no_grad()
-def evaluate_miou(model: nn.Module, dataset, device: torch.device, batch_size: int, ctx: _Dist = _Dist()) -> float:
+def evaluate_miou(model: nn.Module, dataset, device: torch.device, batch_size: int, ctx: DistContext = DistContext()) -> float:
     """Val mIoU; each rank takes every world-th sample and the confusion matrices are summed."""
     model.eval()
     shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world))
@@ -100,7 +74,7 @@ def train(
 ) -> TrainResult:
     """Train the recipe's float model into `out_dir`; returns the final checkpoint and val mIoU."""
     out = Path(out_dir)
-    ctx, dev = _init_distributed(torch.device(device) if device is not None else None)
+    ctx, dev = init_distributed(torch.device(device) if device is not None else None)
     cfg = recipe.train
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
     model = create_model(recipe.model.head, **recipe.model_kwargs()).to(dev)
@@ -167,24 +141,14 @@ def train(
             })
     seconds = time.perf_counter() - started
 
-    rank_hashes = [state_dict_sha256(model.state_dict())]
-    if ctx.world > 1:
-        # BN running statistics are per rank; take rank 0's so every rank ends with one model.
-        for buf in model.buffers():
-            dist.broadcast(buf, src=0)
-        rank_hashes = [None] * ctx.world
-        dist.all_gather_object(rank_hashes, state_dict_sha256(model.state_dict()))
-        if len(set(rank_hashes)) != 1:
-            raise RuntimeError(f"ranks ended with different weights: {rank_hashes}")
+    rank_hashes = sync_and_hash(model, ctx)
     final = out / FINAL
     if ctx.main:
         save_checkpoint(final, {
             "state_dict": model.state_dict(), "recipe": recipe.to_dict(), "val_miou": miou, "history": history,
             "rank_weight_sha256": rank_hashes, "device": str(dev), "world_size": ctx.world, "train_seconds": seconds,
         })
-    if ctx.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    finish_distributed(ctx)
     result = TrainResult(final, miou, seconds, str(dev), ctx.world, history)
     if progress and ctx.main:
         print(

@@ -16,6 +16,7 @@ from ..calibration.report import layer_report, sqnr_db
 from ..checkpoint import load_model
 from ..config import Recipe
 from ..data import build_dataset
+from ..distributed import finish_distributed, init_distributed
 from ..errors import ConfigError, choices_error
 from ..fileio import sha256_file
 from ..train import evaluate_miou
@@ -66,7 +67,7 @@ def quantize_checkpoint(
     config = method_config(recipe, method, **overrides)
     model, recipe, _ = load_model(checkpoint, recipe)
     calib = calibration_batches(build_dataset(recipe, "train", augment=False), config.calib_size, config.batch_size, seed=config.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ctx, device = init_distributed(None)  # under torchrun, QAT trains as DDP; rank 0 writes
     qmodel: QuantizedModel = quantize(
         model, config, calibration=calib, train_set=build_dataset(recipe, "train") if method == "qat" else None,
         device=device, progress=progress,
@@ -91,13 +92,16 @@ def quantize_checkpoint(
         cle_meta = {"cle": dataclasses.asdict(report),
                     "cle_float_miou": evaluate_miou(equalized, val, torch.device("cpu"), recipe.train.batch_size)}
     qmodel.meta = {
-        **cle_meta,
+        **cle_meta, "rank_weight_sha256": qmodel.prepared.meta.get("rank_weight_sha256"), "world_size": ctx.world,
         "recipe": recipe.to_dict(), "source_checkpoint_sha256": sha256_file(checkpoint),
         "float_miou": float_miou, "int8_miou": int8_miou, "miou_drop_points": 100 * (float_miou - int8_miou),
         "sqnr_db": sqnr, "agreement": agreement, "evaluated_on": "int8 Q/DQ reference program (PyTorch, cpu)",
     }
     name = f"{recipe.name}_{method}"
-    program = qmodel.save(out_dir, name, reports={"layers": layers})
+    program = Path(out_dir) / f"{name}_int8.pt2"
+    if ctx.main:
+        qmodel.save(out_dir, name, reports={"layers": layers})
+    finish_distributed(ctx)
     return QuantizeResult(
         program=program, method=method, float_miou=float_miou, int8_miou=int8_miou,
         miou_drop_points=100 * (float_miou - int8_miou), sqnr_db=sqnr, agreement=agreement,

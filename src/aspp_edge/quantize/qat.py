@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..config import QATConfig
 from ..data import IGNORE_INDEX
+from ..distributed import init_distributed, sync_and_hash
 from ..evaluate.metrics import confusion_matrix, mean_iou
 from .ptq import MAX_BATCH
 from .quantizers import build_quantizer
@@ -61,8 +62,12 @@ def qat(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> GraphModule:
-    """The QAT-trained prepared program of `model` (fake-quant modules in place, eval mode)."""
-    device = torch.device(device)
+    """The QAT-trained prepared program of `model` (fake-quant modules in place, eval mode).
+
+    Under torchrun every rank trains on its own samples as DDP; at the end every rank holds rank
+    0's buffers and the per-rank weight hashes are in `prepared.meta["rank_weight_sha256"]`.
+    """
+    ctx, device = init_distributed(torch.device(device))
     torch.manual_seed(config.seed)
     model = copy.deepcopy(model).train()
     prepared = prepare_qat_pt2e(export_for_training(model, batches[0]), build_quantizer(qat=True, per_channel=config.per_channel))
@@ -78,21 +83,22 @@ def qat(
     loader = DataLoader(
         train_set, batch_size=config.batch_size, drop_last=True,
         sampler=RandomSampler(train_set, replacement=True, num_samples=config.steps * config.batch_size,
-                              generator=torch.Generator().manual_seed(config.seed)),
+                              generator=torch.Generator().manual_seed(config.seed + 1000 * ctx.rank)),
     )
+    net = nn.parallel.DistributedDataParallel(prepared) if ctx.world > 1 else prepared
     optimizer = torch.optim.AdamW(prepared.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     num_classes = getattr(train_set, "num_classes", None)
     cm = None
-    bar = tqdm(itertools.islice(loader, config.steps), total=config.steps, desc="qat", disable=not progress, leave=False)
+    bar = tqdm(itertools.islice(loader, config.steps), total=config.steps, desc="qat", disable=not (progress and ctx.main), leave=False)
     for step, (images, masks) in enumerate(bar):
         if step == config.freeze_bn_step:
             freeze_bn_stats(prepared)
         if step == config.freeze_observer_step:
             prepared.apply(disable_observer)
         images, masks = images.to(device), masks.to(device)
-        logits = prepared(images)
+        logits = net(images)
         loss = criterion(logits, masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -105,4 +111,5 @@ def qat(
     if config.freeze_bn_step >= config.steps:
         freeze_bn_stats(prepared)
     move_exported_model_to_eval(prepared)
+    prepared.meta["rank_weight_sha256"] = sync_and_hash(prepared, ctx)
     return prepared.cpu()
