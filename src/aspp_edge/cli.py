@@ -50,7 +50,7 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
         load_recipe(args.recipe), args.checkpoint, args.method, args.out, observer=args.observer, cle=args.cle,
         calib_size=args.calib_size, per_channel=args.per_channel,
     )
-    print(f"worst layers (cumulative SQNR of each quantized tensor vs float):")
+    print("worst layers (cumulative SQNR of each quantized tensor vs float):")
     for row in r.worst_layers:
         print(f"  {row['tensor']:<28} {row['sqnr_db']:7.2f} dB  range [{row['min']:.3g}, {row['max']:.3g}]  scale {row['scale']:.3g}")
     print(f"\n{r.method}: float mIoU {r.float_miou:.4f}  int8 mIoU {r.int8_miou:.4f}  drop {r.miou_drop_points:.2f} points")

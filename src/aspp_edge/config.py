@@ -131,8 +131,9 @@ MIN_CALIB_SIZE = 8  # fewer images than this cannot give stable activation range
 
 @dataclass(frozen=True)
 class PTQConfig(_QuantSection):
-    method: ClassVar[str] = "ptq"
     """Calibrated post-training quantization (the shared int8 scheme)."""
+
+    method: ClassVar[str] = "ptq"
 
     observer: str = "minmax"
     per_channel: bool = True
@@ -156,12 +157,13 @@ class PTQConfig(_QuantSection):
 
 @dataclass(frozen=True)
 class QATConfig(_QuantSection):
-    method: ClassVar[str] = "qat"
     """Quantization-aware fine-tuning from the float checkpoint.
 
     Steps count optimizer steps. BN statistics freeze after `freeze_bn_step` steps and the
     fake-quant observers after `freeze_observer_step` (both must lie within `steps`).
     """
+
+    method: ClassVar[str] = "qat"
 
     steps: int = 300
     batch_size: int = 16

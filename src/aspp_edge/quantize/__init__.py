@@ -21,19 +21,14 @@ from torchao.quantization.pt2e import allow_exported_model_train_eval
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
 from ..config import PTQConfig, QATConfig
-from ..errors import ConfigError
+from ..calibration.report import QUANTIZE_PER_TENSOR
+from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path
-from .ptq import MAX_BATCH, ptq
+from .ptq import export_dynamic_batch, ptq
 from .qat import qat
 from .quantizers import build_quantizer
 
 __all__ = ["PTQConfig", "QATConfig", "QuantizedModel", "build_quantizer", "load_quantized", "quantize"]
-
-QUANTIZE_TARGETS = {
-    torch.ops.quantized_decomposed.quantize_per_tensor.default,
-    torch.ops.quantized_decomposed.quantize_per_channel.default,
-}
-
 
 @dataclass
 class QuantizedModel:
@@ -64,9 +59,7 @@ class QuantizedModel:
         """
         out = Path(out_dir)
         converted = self.convert(fold_quantize=False)
-        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-        example = self.example[:1].expand(2, *self.example.shape[1:]).contiguous()
-        program = torch.export.export(converted, (example,), dynamic_shapes=({0: batch},))
+        program = export_dynamic_batch(converted, self.example)
         summary = {
             "method": self.method, "config": self.config.to_dict(), "input_shape": list(self.example.shape[1:]),
             "qparams": activation_qparams(converted), **self.meta,
@@ -83,7 +76,7 @@ class QuantizedModel:
 def activation_qparams(converted: GraphModule) -> list[dict[str, Any]]:
     rows = []
     for node in converted.graph.nodes:
-        if node.op == "call_function" and node.target == torch.ops.quantized_decomposed.quantize_per_tensor.default:
+        if node.op == "call_function" and node.target == QUANTIZE_PER_TENSOR:
             src, scale, zero_point = node.args[0], node.args[1], node.args[2]
             if isinstance(scale, float):
                 rows.append({"tensor": getattr(src, "name", str(src)), "scale": scale, "zero_point": int(zero_point)})
@@ -92,8 +85,6 @@ def activation_qparams(converted: GraphModule) -> list[dict[str, Any]]:
 
 def load_quantized(path: str | Path) -> GraphModule:
     """Load a saved `<name>_int8.pt2` as a runnable module (Q/DQ reference program)."""
-    from ..errors import CheckpointError
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"quantized program {str(path)!r} not found")

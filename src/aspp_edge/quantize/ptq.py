@@ -15,11 +15,11 @@ from .quantizers import build_quantizer
 MAX_BATCH = 1024
 
 
-def export_for_quantization(model: torch.nn.Module, example: torch.Tensor) -> GraphModule:
+def export_dynamic_batch(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
     """torch.export with a dynamic batch dimension (an exported program otherwise asserts its batch size)."""
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     example = example[:1].expand(2, *example.shape[1:]).contiguous()  # batch 1 would specialise the dim
-    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
 
 
 def ptq(model: torch.nn.Module, config: PTQConfig, batches: list[torch.Tensor], *, progress: bool = False) -> GraphModule:
@@ -29,7 +29,7 @@ def ptq(model: torch.nn.Module, config: PTQConfig, batches: list[torch.Tensor], 
         from ..calibration.equalize import equalize
 
         model = equalize(model)
-    gm = export_for_quantization(model, batches[0])
+    gm = export_dynamic_batch(model, batches[0]).module()
     quantizer = build_quantizer(observer=config.observer, per_channel=config.per_channel, percentile=config.percentile)
     prepared = prepare_pt2e(gm, quantizer)
     calibrate(prepared, batches, progress=progress)

@@ -23,7 +23,7 @@ from ..config import QATConfig
 from ..data import IGNORE_INDEX
 from ..distributed import init_distributed, sync_and_hash
 from ..evaluate.metrics import confusion_matrix, mean_iou
-from .ptq import MAX_BATCH
+from .ptq import export_dynamic_batch
 from .quantizers import build_quantizer
 
 BN_TARGETS = {
@@ -47,12 +47,6 @@ def freeze_bn_stats(prepared: GraphModule) -> int:
     return count
 
 
-def export_for_training(model: nn.Module, example: torch.Tensor) -> GraphModule:
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    example = example[:1].expand(2, *example.shape[1:]).contiguous()
-    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
-
-
 def qat(
     model: nn.Module,
     config: QATConfig,
@@ -70,7 +64,7 @@ def qat(
     ctx, device = init_distributed(torch.device(device))
     torch.manual_seed(config.seed)
     model = copy.deepcopy(model).train()
-    prepared = prepare_qat_pt2e(export_for_training(model, batches[0]), build_quantizer(qat=True, per_channel=config.per_channel))
+    prepared = prepare_qat_pt2e(export_dynamic_batch(model, batches[0]).module(), build_quantizer(qat=True, per_channel=config.per_channel))
     prepared.to(device)
 
     # Initialise the fake-quant ranges on the calibration set with the BN statistics held.
