@@ -140,3 +140,18 @@ def test_registry_refuses_duplicates():
     reg.register("x")(lambda: None)
     with pytest.raises(ValueError, match="head 'x' is already registered"):
         reg.register("x")(lambda: None)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (4, 4), (5, 7)])
+def test_image_pooling_spread_equals_broadcast(size):
+    """The bilinear 1x1 -> h x w spread (the form every backend lowers cleanly) is a broadcast."""
+    from aspp_edge.models.aspp import ImagePooling
+
+    torch.manual_seed(0)
+    pool = ImagePooling(8, 6).eval()
+    x = torch.randn(3, 8, *size)
+    with torch.no_grad():
+        vector = pool.act(pool.conv(x.mean((2, 3), keepdim=True)))
+        spread = pool(x)
+    assert spread.shape == (3, 6, *size)
+    torch.testing.assert_close(spread, vector.expand(-1, -1, *size), rtol=0, atol=1e-6)

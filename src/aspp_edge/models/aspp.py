@@ -9,8 +9,8 @@ when the batch is 1 and cannot train (torch raises "Expected more than 1 value p
 The pooling branch here is therefore conv-with-bias + ReLU and no norm layer. At inference this
 is the same function as torchvision's conv + BN + ReLU (BN folds into the conv's weight and
 bias; the test that copies torchvision's ASPP weights across does exactly that fold). The pooled
-vector is broadcast back to h x w with `expand`, which equals torchvision's bilinear resize of a
-1x1 map and exports as a plain broadcast.
+vector is spread back to h x w by torchvision's own bilinear resize of the 1x1 map, which is
+exactly a broadcast and lowers cleanly on every backend (see `ImagePooling`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from .registry import register_model
 
@@ -72,7 +74,15 @@ class SeparableAtrousConv(nn.Sequential):
 
 
 class ImagePooling(nn.Module):
-    """Global average pool -> 1x1 conv (bias) -> ReLU -> broadcast to the input's h x w."""
+    """Global average pool -> 1x1 conv (bias) -> ReLU -> spread over the input's h x w.
+
+    The spread is a bilinear resize of the 1x1 map (align_corners=False), which is exactly a
+    broadcast: every output pixel interpolates between copies of the one input value. It is the
+    formulation all three backends lower cleanly: `expand` stays outside ExecuTorch's XNNPACK
+    delegate (splitting the graph in two) and becomes a BROADCAST_TO that LiteRT's NHWC rewrite
+    breaks, whereas RESIZE_BILINEAR / upsample_bilinear2d run int8 in XNNPACK, LiteRT and Core ML.
+    `tests/test_models.py` checks it equals `expand`.
+    """
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
@@ -82,7 +92,7 @@ class ImagePooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self.conv(self.pool(x)))
-        return y.expand(-1, -1, x.shape[-2], x.shape[-1])
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class SqueezeExcite(nn.Module):

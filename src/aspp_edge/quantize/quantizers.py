@@ -6,6 +6,11 @@ output of each bilinear resize, average pool and broadcast (what TFLite's RESIZE
 AVERAGE_POOL_2D/MEAN and BROADCAST_TO need in int8, and what lets XNNPACK run them without a
 requantize).
 
+Sigmoid (the SE and LR-ASPP gates) is quantized with the fixed output qparams that both int8
+kernels require (scale 1/256, zero point -128, the range [0, 1)): TFLite's LOGISTIC refuses any
+other output scale and XNNPACK's qs8 sigmoid assumes it, so a gate quantized with observed
+qparams would either fail to load or stay a float island.
+
 Built on ExecuTorch's XNNPACKQuantizer (its patterns, conv+BN folding for QAT and concat
 sharing); the one change is the annotation order: resize and broadcast nodes are annotated to
 share their producer's qparams *before* concats are annotated, so a concat fed by an upsample
@@ -20,7 +25,12 @@ import torch
 from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
 from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import OP_TO_ANNOTATOR, propagate_annotation
 from torch.fx import GraphModule, Node
-from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationConfig, SharedQuantizationSpec
+from torchao.quantization.pt2e.quantizer import (
+    FixedQParamsQuantizationSpec,
+    QuantizationAnnotation,
+    QuantizationConfig,
+    SharedQuantizationSpec,
+)
 
 from ..calibration.observers import observer_ctr
 
@@ -32,6 +42,10 @@ SHARED_RANGE_TARGETS = {
     torch.ops.aten.upsample_bilinear2d.default,
     torch.ops.aten.expand.default,
 }
+SIGMOID_TARGETS = {torch.ops.aten.sigmoid.default}
+SIGMOID_QSPEC = FixedQParamsQuantizationSpec(
+    dtype=torch.int8, scale=1.0 / 256.0, zero_point=-128, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine
+)
 
 
 def scheme_config(*, observer: str = "minmax", per_channel: bool = True, qat: bool = False, percentile: float = 99.99) -> QuantizationConfig:
@@ -63,13 +77,25 @@ def _annotate_shared_range(model: GraphModule) -> None:
         )
 
 
+def _annotate_sigmoid(model: GraphModule, config: QuantizationConfig) -> None:
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target not in SIGMOID_TARGETS or Q_ANNOTATION_KEY in node.meta:
+            continue
+        src = node.args[0]
+        node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+            input_qspec_map={src: config.input_activation}, output_qspec=SIGMOID_QSPEC, _annotated=True
+        )
+
+
 class Int8SchemeQuantizer(XNNPACKQuantizer):
-    """XNNPACKQuantizer with resize/broadcast sharing annotated before concats."""
+    """XNNPACKQuantizer with fixed-qparam sigmoids and resize/broadcast sharing annotated before concats."""
 
     SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if p.name != "cat"]
 
     def annotate(self, model: GraphModule) -> GraphModule:
         model = self._annotate_for_quantization_config(model)  # convs, adds, muls, pools
+        if self.global_config is not None:
+            _annotate_sigmoid(model, self.global_config)
         propagate_annotation(model)  # relu / hardtanh / pool / dropout share their producer's
         _annotate_shared_range(model)
         OP_TO_ANNOTATOR["cat"](model, self.global_config, self.filter_fn)
