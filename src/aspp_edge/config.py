@@ -219,6 +219,17 @@ class Recipe:
         return self.data.classes
 
     @property
+    def class_colors(self) -> tuple[tuple[int, int, int], ...]:
+        """One RGB colour per class, for masks and overlays (synthetic palette, else VOC's)."""
+        if self.data.dataset == "synthetic":
+            from .data.synthetic import COLORS
+
+            return COLORS
+        from .data.folder import default_colors
+
+        return default_colors(self.num_classes)
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 

@@ -80,7 +80,7 @@ class FolderSegmentation(Dataset):
         self.ids = ids
         self.pairs = [(images[i], masks[i]) for i in ids]
         self.classes = tuple(classes)
-        self.colors = tuple(colors) if colors else _default_colors(len(self.classes))
+        self.colors = tuple(colors) if colors else default_colors(len(self.classes))
         self.transform = transform
 
     @property
@@ -114,7 +114,7 @@ class FolderSegmentation(Dataset):
         return self.transform(image, mask) if self.transform else (image, mask)
 
 
-def _default_colors(n: int) -> tuple[tuple[int, int, int], ...]:
+def default_colors(n: int) -> tuple[tuple[int, int, int], ...]:
     """Pascal VOC's colour map (bit-interleaved), the usual palette for index masks."""
     colors = []
     for i in range(n):
