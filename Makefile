@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RECIPE ?= default
 OUT ?= runs/$(RECIPE)
+# Two pytest-xdist workers: the export tests are single-threaded lowering passes.
+PYTEST_WORKERS ?= 2
 
 .PHONY: run test venv clean
 
@@ -23,7 +25,7 @@ run: $(STAMP)
 	$(BIN)/aspp-edge run --recipe $(RECIPE) --out $(OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

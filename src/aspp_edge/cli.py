@@ -57,6 +57,38 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
     print(f"logits SQNR {r.sqnr_db:.2f} dB, argmax agreement {r.agreement:.4f}, {r.seconds:.0f} s -> {r.program}")
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .export import BACKENDS, export, from_checkpoint, from_quantized
+    from .errors import ConfigError, choices_error
+
+    if not args.checkpoint and not args.quantized:
+        raise ConfigError("export needs --checkpoint (float.pt) and/or --quantized (NAME_int8.pt2)")
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    for b in backends:
+        if b not in BACKENDS:
+            raise choices_error("backend", b, BACKENDS)
+    source = from_checkpoint(args.checkpoint) if args.checkpoint else None
+    if args.quantized:
+        source = from_quantized(args.quantized, source)
+    written = []
+    for backend in backends:
+        precision = "fp16" if backend == "coreml" and args.precision == "fp32" and not args.exact_precision else args.precision
+        path = export(source, backend, precision, args.out, layout=args.layout if backend == "tflite" else None,
+                      io_dtype=args.io_dtype if (backend, precision) == ("tflite", "int8") else "float32")
+        written.append(path)
+        print(f"wrote {path}  (+ {path.name}.manifest.json)")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> None:
+    import json
+
+    from .export.inspect import format_inspection, inspect_artifact
+
+    for path in args.artifacts:
+        info = inspect_artifact(path)
+        print(json.dumps(info, indent=2) if args.json else format_inspection(info))
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     from .config import load_recipe
     from .pipeline import run
@@ -102,6 +134,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-size", type=int, default=None, help="calibration images (default: recipe)")
     p.add_argument("--out", required=True, help="output directory for <name>_int8.pt2 and its reports")
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("export", help="write .pte / .mlpackage / .tflite artifacts with manifests", formatter_class=fmt)
+    p.add_argument("--checkpoint", default=None, help="float checkpoint (float.pt): fp32/fp16 artifacts")
+    p.add_argument("--quantized", default=None, help="int8 program (NAME_int8.pt2 from `aspp-edge quantize`): int8 artifacts")
+    p.add_argument("--backend", default="executorch,coreml,tflite", help="comma-separated: executorch, coreml, tflite")
+    p.add_argument("--precision", default="fp32", help="fp32, fp16 (coreml) or int8")
+    p.add_argument("--exact-precision", action="store_true", help="coreml: keep fp32 instead of its fp16 default for --precision fp32")
+    p.add_argument("--layout", default="NHWC", help="tflite I/O layout: NHWC or NCHW")
+    p.add_argument("--io-dtype", default="float32", help="tflite int8 I/O: float32 (QUANTIZE/DEQUANTIZE at I/O) or int8")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("inspect", help="size, I/O, manifest and op histogram of artifacts", formatter_class=fmt)
+    p.add_argument("artifacts", nargs="+", help=".pte, .tflite or .mlpackage files")
+    p.add_argument("--json", action="store_true", help="print the full summary as JSON")
+    p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("run", help="the end-to-end pipeline on a recipe", formatter_class=fmt)
     p.add_argument("--recipe", default="default", help="built-in recipe name (quick, default) or a YAML path")

@@ -1,0 +1,120 @@
+"""Core ML `.mlpackage` (ML Program) through coremltools: fp16/fp32 float, W8A8 int8 (iOS17).
+
+Input: an `ImageType` named `image` (RGB, 0-255), so Vision / `VNCoreMLRequest` and Xcode's
+preview feed camera frames directly. Core ML's ImageType preprocessing is `scale * pixel +
+bias[c]` with one scale for all channels, while the recipe normalizes per channel,
+x[c] = (pixel / 255 - mean[c]) / std[c]. The ImageType therefore carries the mean and the average
+std s (scale = 1 / (255 s), bias[c] = -mean[c] / s), and the model gets one leading per-channel
+multiply by s / std[c]: exact, not an approximation. When the recipe's stds are all equal that
+multiply is 1 and is left out. Output: `logits`, NCHW float.
+
+W8A8 comes from the shared int8 Q/DQ program: coremltools turns its quantize/dequantize pairs into
+Core ML quantize/dequantize ops and its int8 weights into constexpr_affine_dequantize.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Recipe
+from ..errors import AsppEdgeError
+from .preprocess import InputAffine, image_type_preprocessing
+
+PRECISIONS = ("fp16", "fp32", "int8")
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+PREVIEW_TYPE = "com.apple.coreml.model.preview.type"
+PREVIEW_PARAMS = "com.apple.coreml.model.preview.params"
+METADATA_PREFIX = "aspp_edge."
+
+
+def image_preprocessing(recipe: Recipe) -> tuple[float, list[float], list[float] | None]:
+    """(ImageType scale, ImageType bias, per-channel factor the model must apply, or None)."""
+    return image_type_preprocessing(recipe)
+
+
+def convert(module: nn.Module, example: torch.Tensor, recipe: Recipe, *, precision: str):
+    """The coremltools MLModel (ML Program, iOS17) of `module` with the image input and metadata."""
+    import coremltools as ct
+
+    scale, bias, factor = image_preprocessing(recipe)
+    if factor is not None:
+        module = InputAffine(module, factor, [0.0] * len(factor))
+    program = torch.export.export(module, (example,)).run_decompositions({})
+    image = ct.ImageType(name=INPUT_NAME, shape=tuple(example.shape), scale=scale, bias=bias, color_layout=ct.colorlayout.RGB)
+    mlmodel = ct.convert(
+        program,
+        inputs=[image],
+        outputs=[ct.TensorType(name=OUTPUT_NAME)],
+        convert_to="mlprogram",
+        minimum_deployment_target=ct.target.iOS17,
+        compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+    )
+    return mlmodel
+
+
+def describe(mlmodel, recipe: Recipe, essentials: dict[str, Any]) -> None:
+    """Xcode preview metadata, descriptions and the manifest essentials in user_defined_metadata."""
+    labels = list(recipe.class_names)
+    mlmodel.short_description = f"aspp-edge {essentials.get('head', '')} segmentation ({recipe.name} recipe)"
+    mlmodel.author, mlmodel.license = "aspp-edge", "Apache-2.0"
+    mlmodel.input_description[INPUT_NAME] = "RGB image, 0-255; normalization is inside the model"
+    mlmodel.output_description[OUTPUT_NAME] = "per-class logits, NCHW; argmax over axis 1 is the mask"
+    meta = mlmodel.user_defined_metadata
+    meta[PREVIEW_TYPE] = "imageSegmenter"
+    meta[PREVIEW_PARAMS] = json.dumps({"labels": labels})
+    meta[METADATA_PREFIX + "labels"] = json.dumps(labels)
+    meta[METADATA_PREFIX + "colors"] = json.dumps([list(c) for c in recipe.class_colors])
+    for key, value in essentials.items():
+        meta[METADATA_PREFIX + key] = value if isinstance(value, str) else json.dumps(value)
+
+
+def load_spec(path: str | Path):
+    """The protobuf spec of a saved .mlpackage (works on Linux), or a clear error."""
+    import coremltools as ct
+
+    path = Path(path)
+    if not (path.is_dir() and (path / "Manifest.json").is_file()):
+        raise AsppEdgeError(f"{str(path)!r} is not a Core ML package (.mlpackage): expected a directory with Manifest.json")
+    try:
+        return ct.utils.load_spec(str(path))
+    except Exception as exc:
+        raise AsppEdgeError(f"{str(path)!r} is a truncated or corrupt Core ML package (.mlpackage): {type(exc).__name__}: {exc}") from exc
+
+
+def _ops(block, counts: Counter) -> None:
+    for op in block.operations:
+        counts[op.type] += 1
+        for inner in op.blocks:
+            _ops(inner, counts)
+
+
+def mlpackage_summary(path: str | Path) -> dict[str, Any]:
+    """MIL op histogram, I/O description and metadata of a saved package, read from its spec."""
+    spec = load_spec(path)
+    counts: Counter = Counter()
+    if spec.WhichOneof("Type") == "mlProgram":
+        for function in spec.mlProgram.functions.values():
+            for block in function.block_specializations.values():
+                _ops(block, counts)
+
+    def feature(f) -> dict[str, Any]:
+        kind = f.type.WhichOneof("Type")
+        if kind == "imageType":
+            return {"name": f.name, "kind": "image", "width": f.type.imageType.width, "height": f.type.imageType.height}
+        if kind == "multiArrayType":
+            return {"name": f.name, "kind": "tensor", "shape": list(f.type.multiArrayType.shape)}
+        return {"name": f.name, "kind": kind}
+
+    return {
+        "spec_version": spec.specificationVersion,
+        "inputs": [feature(f) for f in spec.description.input],
+        "outputs": [feature(f) for f in spec.description.output],
+        "ops": dict(sorted(counts.items())),
+        "metadata": dict(spec.description.metadata.userDefined),
+    }

@@ -1,0 +1,115 @@
+"""ExecuTorch `.pte` with the XNNPACK delegate (fp32, and int8 from the shared Q/DQ program)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import AsppEdgeError
+
+PRECISIONS = ("fp32", "int8")
+CALL_DELEGATE = "executorch_call_delegate"
+
+
+def _op_name(node: torch.fx.Node) -> str:
+    target = node.target
+    name = getattr(target, "__name__", None) or str(target)
+    return name.removeprefix("aten.")
+
+
+def conv_macs(node: torch.fx.Node) -> int:
+    """Multiply-accumulates of a convolution node (0 for anything else)."""
+    if node.op != "call_function" or "convolution" not in str(node.target):
+        return 0
+    out, weight = node.meta.get("val"), node.args[1].meta.get("val") if isinstance(node.args[1], torch.fx.Node) else None
+    if out is None or weight is None:
+        return 0
+    return int(out.numel()) * int(torch.Size(weight.shape[1:]).numel())
+
+
+def _graph_counts(gm: torch.fx.GraphModule) -> tuple[Counter, int]:
+    ops, macs = Counter(), 0
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and _op_name(node) != "getitem":
+            ops[_op_name(node)] += 1
+            macs += conv_macs(node)
+    return ops, macs
+
+
+def delegation(program: torch.export.ExportedProgram) -> dict[str, Any]:
+    """How much of a lowered edge program XNNPACK runs: nodes and conv MACs, delegated vs not."""
+    gm = program.graph_module
+    delegated_ops, delegated_macs, outside_ops, outside_macs, partitions = Counter(), 0, Counter(), 0, 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or _op_name(node) == "getitem":
+            continue
+        if _op_name(node) == CALL_DELEGATE:
+            partitions += 1
+            lowered = getattr(gm, node.args[0].target)
+            ops, macs = _graph_counts(lowered.original_module.graph_module)
+            delegated_ops += ops
+            delegated_macs += macs
+        else:
+            outside_ops[_op_name(node)] += 1
+            outside_macs += conv_macs(node)
+    n_in, n_out = sum(delegated_ops.values()), sum(outside_ops.values())
+    total_macs = delegated_macs + outside_macs
+    return {
+        "delegate": "XnnpackBackend",
+        "partitions": partitions,
+        "nodes_delegated": n_in,
+        "nodes_total": n_in + n_out,
+        "node_fraction": n_in / max(1, n_in + n_out),
+        "conv_macs_delegated": delegated_macs,
+        "conv_macs_total": total_macs,
+        "conv_mac_fraction": delegated_macs / total_macs if total_macs else 1.0,
+        "undelegated_ops": dict(sorted(outside_ops.items())),
+    }
+
+
+def to_pte(module: torch.nn.Module, example: torch.Tensor) -> tuple[bytes, dict[str, Any]]:
+    """Lower `module` (float, or int8 with weights folded) through XNNPACK; (.pte bytes, delegation)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    program = torch.export.export(module, (example,))
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    info = delegation(edge.exported_program())
+    return edge.to_executorch().buffer, info
+
+
+def read_pte(path: str | Path):
+    """The deserialized program of a .pte file, or an error naming the file and the format."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    data = Path(path).read_bytes()
+    if len(data) < 8 or data[4:8] != b"ET12":
+        raise AsppEdgeError(f"{str(path)!r} is not an ExecuTorch program (.pte): no 'ET12' flatbuffer identifier")
+    try:
+        return deserialize_pte_binary(data).program
+    except Exception as exc:
+        raise AsppEdgeError(f"{str(path)!r} is a truncated or corrupt ExecuTorch program (.pte): {type(exc).__name__}") from exc
+
+
+def pte_summary(path: str | Path) -> dict[str, Any]:
+    """Operators left outside any delegate, delegate partitions, and the I/O shapes, from the file."""
+    plan = read_pte(path).execution_plan[0]
+
+    def shape(i: int) -> list[int]:
+        return list(plan.values[i].val.sizes)
+
+    kernels = Counter()
+    for chain in plan.chains:
+        for ins in chain.instructions:
+            args = ins.instr_args
+            if type(args).__name__ == "KernelCall":
+                kernels[plan.operators[args.op_index].name] += 1
+    return {
+        "delegates": dict(Counter(d.id for d in plan.delegates)),
+        "non_delegated_ops": dict(sorted(kernels.items())),
+        "inputs": [shape(i) for i in plan.inputs],
+        "outputs": [shape(i) for i in plan.outputs],
+    }

@@ -1,0 +1,79 @@
+"""`aspp-edge inspect ARTIFACT`: size, I/O, manifest summary and the backend's own view of the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import AsppEdgeError, choices_error
+from .manifest import ManifestError, manifest_path, read_manifest
+
+
+def inspect_artifact(path: str | Path) -> dict[str, Any]:
+    """Read an artifact from disk (not from our own objects) and summarise it."""
+    from . import artifact_size
+    from .coreml import mlpackage_summary
+    from .executorch import pte_summary
+    from .tflite import read_metadata, tflite_summary
+
+    path = Path(path)
+    readers = {".pte": pte_summary, ".tflite": tflite_summary, ".mlpackage": mlpackage_summary}
+    if path.suffix not in readers:
+        raise choices_error("artifact type", path.suffix or path.name, readers, cls=AsppEdgeError)
+    if not path.exists():
+        raise AsppEdgeError(f"artifact {str(path)!r} not found")
+    info: dict[str, Any] = {"path": str(path), "size_bytes": artifact_size(path), "format": path.suffix.lstrip(".")}
+    info["file"] = readers[path.suffix](path)
+    if path.suffix == ".tflite":
+        info["file"]["metadata"], files = read_metadata(path)
+        info["file"]["associated_files"] = sorted(files)
+    try:
+        manifest = read_manifest(path)
+        info["manifest"] = {k: manifest[k] for k in ("backend", "precision", "method", "model", "input", "output", "labels", "backend_info", "sha256")}
+        if "metrics" in manifest:
+            info["manifest"]["metrics"] = manifest["metrics"]
+    except ManifestError as exc:
+        info["manifest"] = None
+        info["manifest_error"] = str(exc) if manifest_path(path).exists() else "no manifest beside the artifact"
+    return info
+
+
+def _hist(ops: dict[str, int]) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))) or "(none)"
+
+
+def format_inspection(info: dict[str, Any]) -> str:
+    f, m = info["file"], info.get("manifest")
+    lines = [f"{info['path']}  ({info['format']}, {info['size_bytes'] / 1e6:.3f} MB)"]
+    if m:
+        model = m["model"]
+        lines.append(f"  model     {model['head']} on {model['backbone']}, {model['decoder']}, OS{model['output_stride']}, "
+                     f"{model['num_classes']} classes; {m['backend']} {m['precision']} (method {m['method']})")
+        i, o = m["input"], m["output"]
+        lines.append(f"  input     {i['name']} {i['kind']} {i['shape']} {i['layout']} {i['dtype']}, quantization {i['quantization']}, "
+                     f"normalization by {i['normalization']['applied_by']}")
+        lines.append(f"  output    {o['name']} {o['shape']} {o['layout']} {o['dtype']}, quantization {o['quantization']}")
+        lines.append(f"  labels    {', '.join(m['labels'])}")
+        if "metrics" in m:
+            lines.append(f"  metrics   {json.dumps(m['metrics'])}")
+    else:
+        lines.append(f"  manifest  {info.get('manifest_error')}")
+    if info["format"] == "pte":
+        lines.append(f"  delegates {f['delegates']}")
+        lines.append(f"  non-delegated ops  {_hist(f['non_delegated_ops'])}")
+        if m and "conv_mac_fraction" in m["backend_info"]:
+            b = m["backend_info"]
+            lines.append(f"  delegated {b['nodes_delegated']}/{b['nodes_total']} nodes, {100 * b['conv_mac_fraction']:.1f}% of conv MACs (at export)")
+    elif info["format"] == "tflite":
+        lines.append(f"  ops       {_hist(f['ops'])}")
+        lines.append(f"  Q/DQ at I/O   {len(f['qdq_at_io'])}: {'; '.join(f['qdq_at_io']) or '-'}")
+        lines.append(f"  Q/DQ inside   {len(f['qdq_inside'])} (float islands): {'; '.join(f['qdq_inside']) or '-'}")
+        md = f.get("metadata") or {}
+        lines.append(f"  metadata  {json.dumps(md) if md else '(none)'}; associated files {f.get('associated_files')}")
+    else:
+        lines.append(f"  I/O       inputs {f['inputs']}, outputs {f['outputs']}")
+        lines.append(f"  MIL ops   {_hist(f['ops'])}")
+        preview = {k: v for k, v in f["metadata"].items() if k.startswith("com.apple")}
+        lines.append(f"  metadata  {json.dumps(preview)}; {len(f['metadata'])} user-defined keys")
+    return "\n".join(lines)

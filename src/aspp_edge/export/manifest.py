@@ -1,0 +1,125 @@
+"""`<artifact>.manifest.json`: what an app needs to feed an artifact and read its output.
+
+The JSON Schema (`manifest.schema.json`, beside this file) is the contract; every manifest is
+validated against it before it is written, and again when a runner reads it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from ..config import Recipe
+from ..errors import AsppEdgeError
+
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+SCHEMA_VERSION = 1
+TOOL_DISTRIBUTIONS = ("aspp-edge", "torch", "torchao", "executorch", "coremltools", "litert-torch", "ai-edge-litert", "mediapipe")
+
+
+class ManifestError(AsppEdgeError, ValueError):
+    """A manifest that is missing or does not follow the schema."""
+
+
+def manifest_path(artifact: str | Path) -> Path:
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".manifest.json")
+
+
+@cache
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+@cache
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for dist in TOOL_DISTRIBUTIONS:
+        try:
+            versions[dist.replace("-", "_")] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def normalization(recipe: Recipe, applied_by: str = "app") -> dict[str, Any]:
+    """x = (pixel * pixel_scale - mean) / std, per RGB channel."""
+    return {"pixel_scale": 1.0 / 255.0, "mean": list(recipe.data.mean), "std": list(recipe.data.std), "applied_by": applied_by}
+
+
+def build_manifest(
+    artifact: Path,
+    *,
+    backend: str,
+    precision: str,
+    method: str,
+    recipe: Recipe,
+    model_config: dict[str, Any],
+    input_spec: dict[str, Any],
+    output_spec: dict[str, Any],
+    sha256: str,
+    size_bytes: int,
+    checkpoint_sha256: str | None,
+    quantized_program: str | None,
+    backend_info: dict[str, Any],
+) -> dict[str, Any]:
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "artifact": artifact.name,
+        "format": artifact.suffix.lstrip("."),
+        "backend": backend,
+        "precision": precision,
+        "method": method,
+        "size_bytes": size_bytes,
+        "sha256": sha256,
+        "model": {k: model_config[k] for k in ("head", "backbone", "decoder", "output_stride", "num_classes", "width_mult") if k in model_config},
+        "input": input_spec,
+        "output": output_spec,
+        "reference_normalization": {k: v for k, v in normalization(recipe).items() if k != "applied_by"},
+        "labels": list(recipe.class_names),
+        "colors": [list(c) for c in recipe.class_colors],
+        "source": {"recipe": recipe.name, "checkpoint_sha256": checkpoint_sha256, "quantized_program": quantized_program},
+        "tools": tool_versions(),
+        "backend_info": backend_info,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    validate_manifest(manifest, artifact)
+    return manifest
+
+
+def validate_manifest(manifest: dict[str, Any], where: str | Path = "manifest") -> None:
+    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(manifest), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        at = "/".join(str(p) for p in e.path) or "(top level)"
+        raise ManifestError(f"manifest for {str(where)!r} is not valid at {at}: {e.message}")
+
+
+def read_manifest(artifact: str | Path) -> dict[str, Any]:
+    """The validated manifest beside `artifact`."""
+    path = manifest_path(artifact)
+    if not path.is_file():
+        raise ManifestError(f"{str(artifact)!r} has no manifest: expected {str(path)!r} beside it (written by `aspp-edge export`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"manifest {str(path)!r} is not JSON: {exc}") from exc
+    validate_manifest(manifest, path)
+    return manifest
+
+
+def update_manifest(artifact: str | Path, **fields: Any) -> dict[str, Any]:
+    """Merge `fields` (e.g. metrics=...) into an artifact's manifest, validated, written atomically."""
+    from ..fileio import atomic_path
+
+    manifest = {**read_manifest(artifact), **fields}
+    validate_manifest(manifest, artifact)
+    with atomic_path(manifest_path(artifact)) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+    return manifest

@@ -1,0 +1,33 @@
+"""Runners: every artifact behind one interface, numpy in, numpy out.
+
+`load(path) -> Runner`; `runner.predict(images)` takes normalized NCHW float32 images (what the
+float model takes) and returns NCHW float32 logits, doing whatever the artifact's manifest says
+lies between: layout, int8 I/O (de)quantization, the Core ML image input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import AsppEdgeError, choices_error
+from .base import Runner, RuntimeMissing
+
+SUFFIXES = (".pte", ".tflite", ".mlpackage")
+
+__all__ = ["Runner", "RuntimeMissing", "load"]
+
+
+def load(path: str | Path, *, threads: int | None = None) -> Runner:
+    """The runner for an artifact, chosen by its extension; checks the file's format first."""
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise choices_error("artifact type", path.suffix or path.name, SUFFIXES, cls=AsppEdgeError)
+    if not path.exists():
+        raise AsppEdgeError(f"artifact {str(path)!r} not found")
+    if path.suffix == ".pte":
+        from .executorch import ExecuTorchRunner as cls
+    elif path.suffix == ".tflite":
+        from .litert import LiteRTRunner as cls
+    else:
+        from .coreml import CoreMLRunner as cls
+    return cls(path, threads=threads)

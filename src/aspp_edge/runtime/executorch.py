@@ -1,0 +1,43 @@
+"""ExecuTorch runner: `executorch.runtime` (the portable runtime with the XNNPACK delegate)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AsppEdgeError
+from .base import Runner, RuntimeMissing
+
+
+class ExecuTorchRunner(Runner):
+    runtime = "executorch"
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        super().__init__(path, threads=threads)
+        try:
+            import torch
+            from executorch.runtime import Runtime
+        except ImportError as exc:
+            raise RuntimeMissing(f"running {self.path.name} needs ExecuTorch: pip install executorch==1.5.1 ({exc})") from exc
+        self._torch = torch
+        try:
+            self.program = Runtime.get().load_program(self.path)
+            self.method = self.program.load_method("forward")
+        except Exception as exc:
+            raise AsppEdgeError(f"{str(self.path)!r} could not be loaded by the ExecuTorch runtime: {exc}") from exc
+
+    @classmethod
+    def check_format(cls, path: Path) -> None:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if len(head) < 8 or head[4:8] != b"ET12":
+            raise AsppEdgeError(f"{str(path)!r} is not an ExecuTorch program (.pte): no 'ET12' flatbuffer identifier")
+
+    @property
+    def version(self) -> str:
+        return importlib.metadata.version("executorch")
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.method.execute([self._torch.from_numpy(x)])[0].numpy()
