@@ -35,3 +35,28 @@ def pixel_accuracy(cm: torch.Tensor | np.ndarray) -> float:
     cm = np.asarray(cm, dtype=np.float64)
     total = cm.sum()
     return float(np.trace(cm) / total) if total else float("nan")
+
+
+def _labels(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Class maps from logits (N, C, H, W) or labels (N, H, W)."""
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return x.argmax(1) if x.ndim == 4 else x
+
+
+def pixel_agreement(candidate: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray) -> float:
+    """Fraction of pixels whose argmax class equals the reference's (logits or label maps)."""
+    a, b = _labels(candidate), _labels(reference)
+    if a.shape != b.shape:
+        raise ValueError(f"prediction shape {a.shape} does not match reference shape {b.shape}")
+    return float((a == b).mean())
+
+
+def logits_sqnr_db(candidate: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio of candidate logits vs reference: 20 log10(|ref| / |ref - cand|)."""
+    from ..calibration.report import sqnr_db
+
+    as_tensor = lambda x: x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))  # noqa: E731
+    ref, cand = as_tensor(reference), as_tensor(candidate)
+    if ref.shape != cand.shape:
+        raise ValueError(f"logits shape {tuple(cand.shape)} does not match reference shape {tuple(ref.shape)}")
+    return sqnr_db(ref, cand)
