@@ -324,3 +324,18 @@ def test_cli_export_and_inspect(head_models, tmp_path, capsys):
     assert main(["export", "--checkpoint", str(ckpt), "--backend", "caffe", "--out", str(tmp_path)]) == 2
     assert "unknown backend 'caffe'" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "nothing.tflite")]) == 2
+
+
+def test_executorch_runner_sizes_the_threadpool(artifacts, val_images):
+    from executorch.extension.pybindings import portable_lib
+
+    path = artifacts("sep_aspp", "executorch", "fp32")
+    before = portable_lib._threadpool_get_thread_count()
+    try:
+        one = runtime.load(path, threads=1)
+        assert portable_lib._threadpool_get_thread_count() == 1 and one.threads == 1
+        two = runtime.load(path, threads=2)
+        assert portable_lib._threadpool_get_thread_count() == 2
+        np.testing.assert_allclose(one.predict(val_images[:1]), two.predict(val_images[:1]), atol=1e-5)
+    finally:
+        portable_lib._unsafe_reset_threadpool(before)

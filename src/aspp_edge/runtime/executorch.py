@@ -11,6 +11,16 @@ from ..errors import AsppEdgeError
 from .base import Runner, RuntimeMissing
 
 
+def set_threads(threads: int) -> int:
+    """Size ExecuTorch's CPU threadpool (XNNPACK's workers). It is process-wide: the last runner
+    loaded sets it for all. Returns the count in effect."""
+    from executorch.extension.pybindings import portable_lib
+
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+    return portable_lib._threadpool_get_thread_count()
+
+
 class ExecuTorchRunner(Runner):
     runtime = "executorch"
 
@@ -22,6 +32,7 @@ class ExecuTorchRunner(Runner):
         except ImportError as exc:
             raise RuntimeMissing(f"running {self.path.name} needs ExecuTorch: pip install executorch==1.5.1 ({exc})") from exc
         self._torch = torch
+        set_threads(self.threads)
         try:
             self.program = Runtime.get().load_program(self.path)
             self.method = self.program.load_method("forward")
