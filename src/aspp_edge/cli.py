@@ -70,12 +70,10 @@ def _cmd_export(args: argparse.Namespace) -> None:
     source = from_checkpoint(args.checkpoint) if args.checkpoint else None
     if args.quantized:
         source = from_quantized(args.quantized, source)
-    written = []
     for backend in backends:
         precision = "fp16" if backend == "coreml" and args.precision == "fp32" and not args.exact_precision else args.precision
         path = export(source, backend, precision, args.out, layout=args.layout if backend == "tflite" else None,
                       io_dtype=args.io_dtype if (backend, precision) == ("tflite", "int8") else "float32")
-        written.append(path)
         print(f"wrote {path}  (+ {path.name}.manifest.json)")
 
 

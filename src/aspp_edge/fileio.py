@@ -37,6 +37,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def check_flatbuffer(path: str | Path, identifier: bytes, what: str) -> None:
+    """Raise a one-line error unless `path` starts like a flatbuffer file with `identifier` (bytes 4-8)."""
+    from .errors import AsppEdgeError
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[4:8] != identifier:
+        raise AsppEdgeError(f"{str(path)!r} is not {what}: no {identifier.decode()!r} flatbuffer identifier")
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -13,7 +13,6 @@ import contextlib
 import copy
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,7 +205,7 @@ def export(
             description = f"aspp-edge {source.model_config['head']} {precision} ({source.recipe.name} recipe)"
             data = _tflite.add_metadata(data, source.recipe, description=description)
             tmp.write_bytes(data)
-            summary = _tflite_summary_bytes(data)
+            summary = _tflite.summarize(_tflite.parse(data))
             (inp,), (outp,) = summary["inputs"], summary["outputs"]
             info = {"ops": summary["ops"], "qdq_at_io": summary["qdq_at_io"], "qdq_inside": summary["qdq_inside"]}
             specs = _io_specs(source, layout, quant_in=_quant(inp), quant_out=_quant(outp), in_dtype=inp["dtype"], out_dtype=outp["dtype"],
@@ -233,7 +232,7 @@ def export(
         manifest = build_manifest(
             artifact, backend=backend, precision=precision, method=_method(source, precision), recipe=source.recipe,
             model_config=source.model_config, input_spec=specs[0], output_spec=specs[1],
-            sha256=_sha256(tmp), size_bytes=_size(tmp), checkpoint_sha256=source.checkpoint_sha256,
+            sha256=artifact_sha256(tmp), size_bytes=artifact_size(tmp), checkpoint_sha256=source.checkpoint_sha256,
             quantized_program=source.quantized_program if precision == "int8" else None, backend_info=info,
         )
         tmp_manifest.write_text(json.dumps(manifest, indent=2))
@@ -243,13 +242,6 @@ def export(
 
 def _method(source: ExportSource, precision: str) -> str:
     return source.method if precision == "int8" else "none"
-
-
-def _tflite_summary_bytes(data: bytes) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
-        f.write(data)
-        f.flush()
-        return _tflite.tflite_summary(f.name)
 
 
 def _check_writable(out: Path) -> None:
@@ -271,8 +263,9 @@ def _files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
 
 
-def _sha256(path: Path) -> str:
+def artifact_sha256(path: str | Path) -> str:
     """sha256 of a file; for a package directory, of its files' relative paths and contents in order."""
+    path = Path(path)
     if not path.is_dir():
         return sha256_file(path)
     import hashlib
@@ -283,13 +276,5 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in _files(path))
-
-
-def artifact_sha256(path: str | Path) -> str:
-    return _sha256(Path(path))
-
-
 def artifact_size(path: str | Path) -> int:
-    return _size(Path(path))
+    return sum(f.stat().st_size for f in _files(Path(path)))

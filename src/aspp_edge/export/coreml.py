@@ -74,13 +74,17 @@ def describe(mlmodel, recipe: Recipe, essentials: dict[str, Any]) -> None:
         meta[METADATA_PREFIX + key] = value if isinstance(value, str) else json.dumps(value)
 
 
+def check_mlpackage(path: str | Path) -> None:
+    path = Path(path)
+    if not (path.is_dir() and (path / "Manifest.json").is_file()):
+        raise AsppEdgeError(f"{str(path)!r} is not a Core ML package (.mlpackage): expected a directory with Manifest.json")
+
+
 def load_spec(path: str | Path):
     """The protobuf spec of a saved .mlpackage (works on Linux), or a clear error."""
     import coremltools as ct
 
-    path = Path(path)
-    if not (path.is_dir() and (path / "Manifest.json").is_file()):
-        raise AsppEdgeError(f"{str(path)!r} is not a Core ML package (.mlpackage): expected a directory with Manifest.json")
+    check_mlpackage(path)
     try:
         return ct.utils.load_spec(str(path))
     except Exception as exc:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import AsppEdgeError
+from ..fileio import check_flatbuffer
 
 PRECISIONS = ("fp32", "int8")
 CALL_DELEGATE = "executorch_call_delegate"
@@ -81,13 +82,16 @@ def to_pte(module: torch.nn.Module, example: torch.Tensor) -> tuple[bytes, dict[
     return edge.to_executorch().buffer, info
 
 
+def check_pte(path: str | Path) -> None:
+    check_flatbuffer(path, b"ET12", "an ExecuTorch program (.pte)")
+
+
 def read_pte(path: str | Path):
     """The deserialized program of a .pte file, or an error naming the file and the format."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
+    check_pte(path)
     data = Path(path).read_bytes()
-    if len(data) < 8 or data[4:8] != b"ET12":
-        raise AsppEdgeError(f"{str(path)!r} is not an ExecuTorch program (.pte): no 'ET12' flatbuffer identifier")
     try:
         return deserialize_pte_binary(data).program
     except Exception as exc:

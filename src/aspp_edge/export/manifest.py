@@ -113,13 +113,3 @@ def read_manifest(artifact: str | Path) -> dict[str, Any]:
     validate_manifest(manifest, path)
     return manifest
 
-
-def update_manifest(artifact: str | Path, **fields: Any) -> dict[str, Any]:
-    """Merge `fields` (e.g. metrics=...) into an artifact's manifest, validated, written atomically."""
-    from ..fileio import atomic_path
-
-    manifest = {**read_manifest(artifact), **fields}
-    validate_manifest(manifest, artifact)
-    with atomic_path(manifest_path(artifact)) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2))
-    return manifest

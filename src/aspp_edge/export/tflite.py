@@ -29,6 +29,7 @@ import torch
 
 from ..config import Recipe
 from ..errors import AsppEdgeError
+from ..fileio import check_flatbuffer
 from .preprocess import InputAffine, scalar_normalization
 
 PRECISIONS = ("fp32", "int8")
@@ -76,7 +77,8 @@ def convert(module: torch.nn.Module, example: torch.Tensor, recipe: Recipe, *, i
     return bytes(edge.model_content())
 
 
-def _load(buf: bytes):
+def parse(buf: bytes):
+    """The flatbuffer object tree (ModelT) of a .tflite file's bytes."""
     tfl, _, _ = _schemas()
     if len(buf) < 8 or buf[4:8] != MODEL_IDENTIFIER:
         raise AsppEdgeError("not a TFLite flatbuffer (no 'TFL3' identifier)")
@@ -115,7 +117,7 @@ def _float_twin(model, sg, index: int, name: str) -> int:
 def to_float_io(buf: bytes) -> bytes:
     """Give integer I/O float32 I/O: a QUANTIZE after an int8 input, a DEQUANTIZE before an int8 output."""
     tfl, _, _ = _schemas()
-    model = _load(buf)
+    model = parse(buf)
     sg = model.subgraphs[0]
     (inp,), (out,) = list(sg.inputs), list(sg.outputs)
     before, after = [], []
@@ -139,12 +141,23 @@ def to_float_io(buf: bytes) -> bytes:
 
 def name_io(buf: bytes) -> bytes:
     """Name the I/O tensors and the signature's I/O `image` and `logits` (litert-torch says args_0/output_0)."""
-    model = _load(buf)
+    model = parse(buf)
     sg = model.subgraphs[0]
     sg.tensors[sg.inputs[0]].name, sg.tensors[sg.outputs[0]].name = INPUT_NAME.encode(), OUTPUT_NAME.encode()
     for sig in model.signatureDefs or []:
         sig.inputs[0].name, sig.outputs[0].name = INPUT_NAME.encode(), OUTPUT_NAME.encode()
     return _pack(model)
+
+
+def _image_tensor(meta, name: str, description: str, color_space: int):
+    """TensorMetadata with ImageProperties content (what MediaPipe reads for image in/out tensors)."""
+    props = meta.ImagePropertiesT()
+    props.colorSpace = color_space
+    tensor = meta.TensorMetadataT()
+    tensor.name, tensor.description = name, description
+    tensor.content = meta.ContentT()
+    tensor.content.contentPropertiesType, tensor.content.contentProperties = meta.ContentProperties.ImageProperties, props
+    return tensor
 
 
 def _metadata(recipe: Recipe, *, description: str, float_input: bool) -> bytes:
@@ -155,12 +168,8 @@ def _metadata(recipe: Recipe, *, description: str, float_input: bool) -> bytes:
     norm.std = [scalar["std"][0] / scalar["pixel_scale"]]
     unit = meta.ProcessUnitT()
     unit.optionsType, unit.options = meta.ProcessUnitOptions.NormalizationOptions, norm
-    image_props = meta.ImagePropertiesT()
-    image_props.colorSpace = meta.ColorSpaceType.RGB
-    image = meta.TensorMetadataT()
-    image.name, image.description = INPUT_NAME, "RGB image; input = (pixel - mean) / std with NormalizationOptions in 0-255 units"
-    image.content = meta.ContentT()
-    image.content.contentPropertiesType, image.content.contentProperties = meta.ContentProperties.ImageProperties, image_props
+    image = _image_tensor(meta, INPUT_NAME, "RGB image; input = (pixel - mean) / std with NormalizationOptions in 0-255 units",
+                          meta.ColorSpaceType.RGB)
     if float_input:
         image.processUnits = [unit]
     stats = meta.StatsT()
@@ -169,12 +178,7 @@ def _metadata(recipe: Recipe, *, description: str, float_input: bool) -> bytes:
 
     labels = meta.AssociatedFileT()
     labels.name, labels.description, labels.type = LABELS_FILE, "class names, one per line, in output channel order", meta.AssociatedFileType.TENSOR_AXIS_LABELS
-    mask_props = meta.ImagePropertiesT()
-    mask_props.colorSpace = meta.ColorSpaceType.GRAYSCALE
-    logits = meta.TensorMetadataT()
-    logits.name, logits.description = OUTPUT_NAME, "per-class logits; argmax over the class axis is the mask"
-    logits.content = meta.ContentT()
-    logits.content.contentPropertiesType, logits.content.contentProperties = meta.ContentProperties.ImageProperties, mask_props
+    logits = _image_tensor(meta, OUTPUT_NAME, "per-class logits; argmax over the class axis is the mask", meta.ColorSpaceType.GRAYSCALE)
     logits.associatedFiles = [labels]
 
     options = seg.ImageSegmenterOptionsT()
@@ -198,7 +202,7 @@ def _metadata(recipe: Recipe, *, description: str, float_input: bool) -> bytes:
 def add_metadata(buf: bytes, recipe: Recipe, *, description: str) -> bytes:
     """Attach TFLite metadata (buffer + TFLITE_METADATA entry) and the labels file (zip appendix)."""
     tfl, _, _ = _schemas()
-    model = _load(buf)
+    model = parse(buf)
     float_input = model.subgraphs[0].tensors[model.subgraphs[0].inputs[0]].type == tfl.TensorType.FLOAT32
     buffer = tfl.BufferT()
     buffer.data = list(_metadata(recipe, description=description, float_input=float_input))
@@ -243,20 +247,26 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     return summary, files
 
 
+def check_tflite(path: str | Path) -> None:
+    check_flatbuffer(path, MODEL_IDENTIFIER, "a TFLite model (.tflite)")
+
+
 def read_tflite(path: str | Path):
+    check_tflite(path)
     data = Path(path).read_bytes()
     try:
-        return _load(data)
-    except AsppEdgeError as exc:
-        raise AsppEdgeError(f"{str(path)!r} is not a TFLite model (.tflite): {exc}") from exc
+        return parse(data)
     except Exception as exc:
         raise AsppEdgeError(f"{str(path)!r} is a truncated or corrupt TFLite model (.tflite): {type(exc).__name__}") from exc
 
 
 def tflite_summary(path: str | Path) -> dict[str, Any]:
+    return summarize(read_tflite(path))
+
+
+def summarize(model) -> dict[str, Any]:
     """Op histogram, I/O tensors, and the QUANTIZE/DEQUANTIZE ops split into I/O and inside (float islands)."""
     tfl, _, _ = _schemas()
-    model = read_tflite(path)
     names = {v: k for k, v in vars(tfl.BuiltinOperator).items() if not k.startswith("_")}
     types = {v: k for k, v in vars(tfl.TensorType).items() if not k.startswith("_")}
     sg = model.subgraphs[0]

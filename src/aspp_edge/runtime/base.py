@@ -28,9 +28,9 @@ class Runner:
         self.manifest: dict[str, Any] = read_manifest(self.path)
         self.input_spec, self.output_spec = self.manifest["input"], self.manifest["output"]
 
-    @classmethod
-    def check_format(cls, path: Path) -> None:
-        """Raise a clear error when `path` is not this runner's format (overridden per runtime)."""
+    @staticmethod
+    def check_format(path: Path) -> None:
+        """Raise a clear error when `path` is not this runner's format (set per runtime)."""
 
     @property
     def version(self) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AsppEdgeError
+from ..export.coreml import check_mlpackage
 from .base import Runner, RuntimeMissing
 
 
@@ -27,10 +27,7 @@ class CoreMLRunner(Runner):
             raise RuntimeMissing(f"running .mlpackage files needs coremltools: pip install coremltools==9.0 ({exc})") from exc
         self.model = ct.models.MLModel(str(self.path))
 
-    @classmethod
-    def check_format(cls, path: Path) -> None:
-        if not (path.is_dir() and (path / "Manifest.json").is_file()):
-            raise AsppEdgeError(f"{str(path)!r} is not a Core ML package (.mlpackage): expected a directory with Manifest.json")
+    check_format = staticmethod(check_mlpackage)
 
     @property
     def version(self) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AsppEdgeError
+from ..export.executorch import check_pte
 from .base import Runner, RuntimeMissing
 
 
@@ -39,12 +40,7 @@ class ExecuTorchRunner(Runner):
         except Exception as exc:
             raise AsppEdgeError(f"{str(self.path)!r} could not be loaded by the ExecuTorch runtime: {exc}") from exc
 
-    @classmethod
-    def check_format(cls, path: Path) -> None:
-        with open(path, "rb") as f:
-            head = f.read(8)
-        if len(head) < 8 or head[4:8] != b"ET12":
-            raise AsppEdgeError(f"{str(path)!r} is not an ExecuTorch program (.pte): no 'ET12' flatbuffer identifier")
+    check_format = staticmethod(check_pte)
 
     @property
     def version(self) -> str:

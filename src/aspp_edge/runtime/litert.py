@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AsppEdgeError
+from ..export.tflite import check_tflite
 from .base import Runner, RuntimeMissing
 
 
@@ -38,12 +39,7 @@ class LiteRTRunner(Runner):
             raise AsppEdgeError(f"{str(self.path)!r} could not be loaded by {self.runtime}: {exc}") from exc
         (self._in,), (self._out,) = self.interpreter.get_input_details(), self.interpreter.get_output_details()
 
-    @classmethod
-    def check_format(cls, path: Path) -> None:
-        with open(path, "rb") as f:
-            head = f.read(8)
-        if len(head) < 8 or head[4:8] != b"TFL3":
-            raise AsppEdgeError(f"{str(path)!r} is not a TFLite model (.tflite): no 'TFL3' flatbuffer identifier")
+    check_format = staticmethod(check_tflite)
 
     @property
     def version(self) -> str:
