@@ -158,8 +158,8 @@ def test_quantize_checkpoint_bad_input(tmp_path, quick_trained, quick_recipe):
     out = tmp_path / "q"
     with pytest.raises(ConfigError, match=r"unknown method 'int4'; valid choices: ptq, qat"):
         quantize_checkpoint(quick_recipe, quick_trained.checkpoint, "int4", out)
-    with pytest.raises(ConfigError, match=r"option 'observer' does not apply to method 'qat'"):
-        quantize_checkpoint(quick_recipe, quick_trained.checkpoint, "qat", out, observer="mse")
+    with pytest.raises(ConfigError, match=r"option 'cle' does not apply to method 'qat'"):
+        quantize_checkpoint(quick_recipe, quick_trained.checkpoint, "qat", out, cle=True)
     other = quick_recipe.replace(model={"head": "lraspp"})
     with pytest.raises(CheckpointError, match=r"model.head: checkpoint 'sep_aspp', recipe 'lraspp'"):
         quantize_checkpoint(other, quick_trained.checkpoint, "ptq", out)

@@ -171,8 +171,10 @@ class QATConfig(_QuantSection):
     weight_decay: float = 0.0
     freeze_bn_step: int = 200
     freeze_observer_step: int = 250
+    observer: str = "ema"  # activation ranges: ema (XNNPACK's fused fake quant) or a PTQ observer inside FakeQuantize
     per_channel: bool = True
     calib_size: int = 64  # forward passes that initialise the fake-quant ranges before training
+    distill: float = 0.0  # weight of the KL loss to the float model's logits (1 - distill stays on the labels)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -184,6 +186,10 @@ class QATConfig(_QuantSection):
                 raise ConfigError(f"qat.{key} {value!r} must be between 0 and qat.steps ({self.steps})")
         if self.lr <= 0:
             raise ConfigError(f"qat.lr {self.lr!r} must be > 0")
+        if self.observer not in OBSERVERS:
+            raise choices_error("qat.observer", self.observer, OBSERVERS)
+        if not 0.0 <= self.distill <= 1.0:
+            raise ConfigError(f"qat.distill {self.distill!r} must be between 0 (labels only) and 1 (float model only)")
         if self.batch_size < 1:
             raise ConfigError(f"qat.batch_size {self.batch_size!r} must be >= 1")
         if self.calib_size < MIN_CALIB_SIZE:

@@ -61,8 +61,10 @@ def compare_logits(reference: torch.nn.Module, candidate: torch.nn.Module, image
 
 
 def quantize_checkpoint(
-    recipe: Recipe, checkpoint: str | Path, method: str, out_dir: str | Path, *, progress: bool = True, **overrides: Any
+    recipe: Recipe, checkpoint: str | Path, method: str, out_dir: str | Path, *, name: str | None = None, progress: bool = True,
+    **overrides: Any,
 ) -> QuantizeResult:
+    """Quantize a float checkpoint into `out_dir/<name>_int8.pt2` (name: `<recipe>_<method>` unless given)."""
     started = time.perf_counter()
     config = method_config(recipe, method, **overrides)
     model, recipe, _ = load_model(checkpoint, recipe)
@@ -97,7 +99,7 @@ def quantize_checkpoint(
         "float_miou": float_miou, "int8_miou": int8_miou, "miou_drop_points": 100 * (float_miou - int8_miou),
         "sqnr_db": sqnr, "agreement": agreement, "evaluated_on": "int8 Q/DQ reference program (PyTorch, cpu)",
     }
-    name = f"{recipe.name}_{method}"
+    name = name or f"{recipe.name}_{method}"
     program = Path(out_dir) / f"{name}_int8.pt2"
     if ctx.main:
         qmodel.save(out_dir, name, reports={"layers": layers})

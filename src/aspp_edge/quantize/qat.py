@@ -4,6 +4,8 @@ From the float model: fake-quant ranges are first initialised on the calibration
 program is fine-tuned with a small learning rate. After `freeze_bn_step` optimizer steps the BN
 nodes stop updating their running statistics (the graph's batch_norm nodes switch to inference),
 and after `freeze_observer_step` the fake-quant ranges stop moving (`disable_observer`).
+With `distill` > 0 part of the loss is the KL divergence from the float model's per-pixel class
+distribution: the int8 model is pulled towards the reference it is measured against.
 """
 
 from __future__ import annotations
@@ -63,8 +65,9 @@ def qat(
     """
     ctx, device = init_distributed(torch.device(device))
     torch.manual_seed(config.seed)
+    teacher = copy.deepcopy(model).eval().to(device) if config.distill > 0 else None
     model = copy.deepcopy(model).train()
-    prepared = prepare_qat_pt2e(export_dynamic_batch(model, batches[0]).module(), build_quantizer(qat=True, per_channel=config.per_channel))
+    prepared = prepare_qat_pt2e(export_dynamic_batch(model, batches[0]).module(), build_quantizer(qat=True, observer=config.observer, per_channel=config.per_channel))
     prepared.to(device)
 
     # Initialise the fake-quant ranges on the calibration set with the BN statistics held.
@@ -93,7 +96,12 @@ def qat(
             prepared.apply(disable_observer)
         images, masks = images.to(device), masks.to(device)
         logits = net(images)
-        loss = criterion(logits, masks)
+        loss = criterion(logits, masks) if config.distill < 1 else logits.new_zeros(())
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher(images).log_softmax(1)
+            kl = nn.functional.kl_div(logits.log_softmax(1), target, reduction="none", log_target=True).sum(1).mean()
+            loss = (1 - config.distill) * loss + config.distill * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -25,6 +25,7 @@ import torch
 from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
 from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import OP_TO_ANNOTATOR, propagate_annotation
 from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e.fake_quantize import FakeQuantize
 from torchao.quantization.pt2e.quantizer import (
     FixedQParamsQuantizationSpec,
     QuantizationAnnotation,
@@ -51,13 +52,17 @@ SIGMOID_QSPEC = FixedQParamsQuantizationSpec(
 def scheme_config(*, observer: str = "minmax", per_channel: bool = True, qat: bool = False, percentile: float = 99.99) -> QuantizationConfig:
     """The int8 scheme's QuantizationConfig with the chosen activation observer.
 
-    QAT keeps XNNPACK's fake-quant modules (moving-average observers inside FakeQuantize); the
-    observer name selects the PTQ range estimator only.
+    QAT: with observer "ema" the activations keep XNNPACK's fused moving-average fake quant;
+    any other observer is wrapped in a FakeQuantize, so QAT can start from (and, with its
+    observers frozen, keep) the same ranges PTQ would choose.
     """
     base = get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat)
-    if qat:
+    if qat and observer == "ema":
         return base
-    act = dataclasses.replace(base.input_activation, observer_or_fake_quant_ctr=observer_ctr(observer, percentile=percentile))
+    ctr = observer_ctr(observer, percentile=percentile)
+    if qat:
+        ctr = FakeQuantize.with_args(observer=ctr)
+    act = dataclasses.replace(base.input_activation, observer_or_fake_quant_ctr=ctr)
     return dataclasses.replace(base, input_activation=act, output_activation=act)
 
 
