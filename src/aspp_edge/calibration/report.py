@@ -15,6 +15,8 @@ import torch
 from torch.fx import GraphModule, Interpreter
 from torchao.quantization.pt2e import disable_observer, enable_observer
 
+from ..evaluate.metrics import sqnr_db
+
 QUANTIZE_PER_TENSOR = torch.ops.quantized_decomposed.quantize_per_tensor.default
 
 
@@ -28,14 +30,6 @@ class _Recorder(Interpreter):
         if n.name in self.names and isinstance(out, torch.Tensor):
             self.values[n.name] = out.detach().clone()  # later in-place ops (hardtanh_) must not change it
         return out
-
-
-def sqnr_db(reference: torch.Tensor, actual: torch.Tensor) -> float:
-    """20 log10(|ref| / |ref - actual|) in dB (inf when equal)."""
-    noise = torch.linalg.vector_norm((reference - actual).float())
-    if noise == 0:
-        return math.inf
-    return float(20 * torch.log10(torch.linalg.vector_norm(reference.float()) / noise))
 
 
 def _observer_ranges(prepared: GraphModule) -> dict[str, tuple[float, float]]:

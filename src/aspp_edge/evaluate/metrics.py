@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -51,10 +53,16 @@ def pixel_agreement(candidate: torch.Tensor | np.ndarray, reference: torch.Tenso
     return float((a == b).mean())
 
 
+def sqnr_db(reference: torch.Tensor, actual: torch.Tensor) -> float:
+    """20 log10(|ref| / |ref - actual|) in dB (inf when equal)."""
+    noise = torch.linalg.vector_norm((reference - actual).float())
+    if noise == 0:
+        return math.inf
+    return float(20 * torch.log10(torch.linalg.vector_norm(reference.float()) / noise))
+
+
 def logits_sqnr_db(candidate: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray) -> float:
     """Signal-to-quantization-noise ratio of candidate logits vs reference: 20 log10(|ref| / |ref - cand|)."""
-    from ..calibration.report import sqnr_db
-
     as_tensor = lambda x: x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))  # noqa: E731
     ref, cand = as_tensor(reference), as_tensor(candidate)
     if ref.shape != cand.shape:

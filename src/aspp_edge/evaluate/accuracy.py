@@ -1,0 +1,110 @@
+"""Accuracy of an artifact against ground truth and against the float reference.
+
+`float_reference(model, dataset)` runs the float model once over the val split (on CUDA when
+torch sees a GPU, else on the CPU) and keeps its logits; `evaluate(runner, dataset, reference)`
+runs any runner from `runtime/` over the same images and returns mIoU, its drop in points,
+pixel accuracy, pixel agreement of the argmax with the reference and the SQNR of the logits.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .metrics import confusion_matrix, mean_iou, pixel_accuracy
+
+SAMPLE_IMAGES = 4  # leading val images whose predicted masks are kept for the samples figure
+
+
+def reference_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Reference:
+    """The float model's logits on the val split, and its own scores."""
+
+    logits: np.ndarray  # (N, C, H, W) float32
+    miou: float
+    pixel_accuracy: float
+    device: str
+
+    @property
+    def masks(self) -> np.ndarray:
+        return self.logits[:SAMPLE_IMAGES].argmax(1)
+
+
+@dataclass
+class Accuracy:
+    miou: float
+    miou_drop: float  # points: 100 x (reference mIoU - mIoU)
+    pixel_accuracy: float
+    agreement: float  # fraction of pixels whose argmax equals the reference's
+    sqnr_db: float  # 10 log10(sum ref^2 / sum (ref - out)^2) over every logit
+    images: int
+    seconds: float
+    evaluated_by: str
+    masks: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0, 0), np.int64))
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "masks"}
+
+
+def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+@torch.no_grad()
+def float_reference(model: nn.Module, dataset: Dataset, *, device: torch.device | str | None = None,
+                    batch_size: int = 16, progress: bool = False) -> Reference:
+    device = torch.device(device) if device is not None else reference_device()
+    model = model.eval().to(device)
+    num_classes = dataset.num_classes
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    logits = []
+    for images, masks in tqdm(_loader(dataset, batch_size), desc="float reference", disable=not progress, leave=False):
+        out = model(images.to(device)).float().cpu()
+        cm += confusion_matrix(out.argmax(1), masks, num_classes)
+        logits.append(out.numpy())
+    model.cpu()
+    return Reference(np.concatenate(logits), mean_iou(cm), pixel_accuracy(cm), device.type)
+
+
+def evaluate(runner, dataset: Dataset, reference: Reference, *, batch_size: int = 16, progress: bool = False) -> Accuracy:
+    """Run `runner` over `dataset` (the split `reference` was computed on) and score it."""
+    if len(dataset) != len(reference.logits):
+        raise ValueError(f"dataset has {len(dataset)} images but the reference was computed on {len(reference.logits)}")
+    started = time.perf_counter()
+    num_classes = dataset.num_classes
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    agree = total = 0
+    signal = noise = 0.0
+    samples = []
+    start = 0
+    bar = tqdm(_loader(dataset, batch_size), desc=f"eval {runner.path.name}", disable=not progress, leave=False)
+    for images, masks in bar:
+        out = runner.predict(images)
+        ref = reference.logits[start : start + len(images)]
+        start += len(images)
+        pred = out.argmax(1)
+        cm += confusion_matrix(torch.from_numpy(pred), masks, num_classes)
+        agree += int((pred == ref.argmax(1)).sum())
+        total += pred.size
+        ref64 = ref.astype(np.float64)
+        signal += float((ref64**2).sum())
+        noise += float(((ref64 - out) ** 2).sum())
+        if len(samples) < SAMPLE_IMAGES:
+            samples.extend(pred[: SAMPLE_IMAGES - len(samples)])
+    miou = mean_iou(cm)
+    sqnr = float("inf") if noise == 0 else 10 * np.log10(signal / noise)
+    return Accuracy(
+        miou=miou, miou_drop=100 * (reference.miou - miou), pixel_accuracy=pixel_accuracy(cm), agreement=agree / total,
+        sqnr_db=float(sqnr), images=len(dataset), seconds=time.perf_counter() - started, evaluated_by=runner.evaluated_by,
+        masks=np.stack(samples).astype(np.int64),
+    )

@@ -1,0 +1,276 @@
+"""Latency and cost of artifacts in their own runtimes, each measured in a fresh process.
+
+`measure(path)` starts `python -m aspp_edge.evaluate.latency PATH` and reads back one JSON
+line: load time, warm-up, N timed invocations (median, p90, min), the threads used, and the
+process's peak RSS. A fresh process per artifact gives each its own peak RSS and keeps torch's
+OpenMP workers, which spin after every parallel region, off the cores the runtime's own
+threadpool needs: with them spinning, ExecuTorch's 2-thread XNNPACK pool ran no faster than one
+thread on our 2-core machine (that was the whole of its gap to LiteRT).
+
+`runtime_peaks(cache_dir)` times large 1x1 convolutions (fp32 and int8) in ExecuTorch and
+LiteRT, so a model's GMAC/s can be read as a fraction of what that runtime reaches here. The
+reference stacks four of them: with one, ExecuTorch's NCHW->NHWC transposes of the input and
+output at the delegate boundary cost as much as the convolution and hid its throughput.
+For .pte files `profile=True` adds ExecuTorch's per-operator XNNPACK times (ETDump), summed by
+operator kind: what dominates the latency.
+
+Latency is reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import AsppEdgeError
+
+MARKER = "ASPP_EDGE_LATENCY "
+# The child runs the runtime only; torch's OpenMP pool must not spin on the runtime's cores.
+CHILD_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "TF_CPP_MIN_LOG_LEVEL": "2"}
+PEAK_CHANNELS, PEAK_SIZE, PEAK_LAYERS = 256, 64, 4  # throughput reference: four 256->256 1x1 convolutions at 64x64
+PEAK_RUNTIMES = {"executorch": ".pte", "tflite": ".tflite"}
+
+
+@dataclass
+class Latency:
+    path: str
+    threads: int
+    runs: int
+    warmup: int
+    load_ms: float
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    peak_rss_mb: float  # the whole measuring process (interpreter, runtime, model), high-water mark
+    rss_before_load_mb: float  # the same process before the artifact was loaded
+    evaluated_by: str
+    profile: dict[str, float] = field(default_factory=dict)  # ms per operator kind (ExecuTorch only)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_threads() -> int:
+    return os.cpu_count() or 1
+
+
+def measure(path: str | Path, *, threads: int | None = None, runs: int = 50, warmup: int = 5,
+            profile: bool = False, raw: bool = False, timeout: float = 600) -> Latency:
+    """Time one artifact in a fresh process. `raw`: a file without manifest (the peak convolution)."""
+    path = Path(path)
+    if runs < 1 or warmup < 0:
+        raise AsppEdgeError(f"runs must be >= 1 and warmup >= 0; got runs={runs}, warmup={warmup}")
+    cmd = [sys.executable, "-m", "aspp_edge.evaluate.latency", str(path), "--threads", str(threads or default_threads()),
+           "--runs", str(runs), "--warmup", str(warmup)] + (["--profile"] if profile else []) + (["--raw"] if raw else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **CHILD_ENV})
+    for line in proc.stdout.splitlines():
+        if line.startswith(MARKER):
+            payload = json.loads(line[len(MARKER):])
+            if "error" in payload:
+                raise AsppEdgeError(payload["error"])
+            return Latency(**payload)
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    raise AsppEdgeError(f"timing {str(path)!r} failed (exit {proc.returncode}): {' | '.join(tail)}")
+
+
+def _status_mb(field_name: str) -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _peak_rss_mb() -> float:
+    """This process's RSS high-water mark. Linux: VmHWM, which starts afresh at exec; getrusage's
+    ru_maxrss does not (it would report the parent's peak)."""
+    if sys.platform == "darwin":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024)
+    return _status_mb("VmHWM")
+
+
+def _raw_invoke(path: Path, threads: int):
+    """(invoke, evaluated_by) for a file without manifest: random input of its own shape and dtype."""
+    rng = np.random.default_rng(0)
+    if path.suffix == ".pte":
+        import importlib.metadata
+
+        import torch
+        from executorch.runtime import Runtime
+
+        from ..runtime.executorch import set_threads
+
+        set_threads(threads)
+        method = Runtime.get().load_program(path).load_method("forward")
+        meta = method.metadata.input_tensor_meta(0)
+        dtype = {6: np.float32, 1: np.int8}[int(meta.dtype())]  # ExecuTorch ScalarType codes: Float, Char
+        x = torch.from_numpy(rng.standard_normal(tuple(meta.sizes())).astype(dtype))
+        return (lambda: method.execute([x])), f"executorch {importlib.metadata.version('executorch')}"
+    from ..runtime.litert import interpreter_class
+
+    cls, name = interpreter_class()
+    interp = cls(model_path=str(path), num_threads=threads)
+    interp.allocate_tensors()
+    (inp,) = interp.get_input_details()
+    x = rng.standard_normal(inp["shape"]) * (50 if inp["dtype"] == np.int8 else 1)
+    interp.set_tensor(inp["index"], np.clip(x, -128, 127).astype(inp["dtype"]) if inp["dtype"] == np.int8 else x.astype(inp["dtype"]))
+    import importlib.metadata
+
+    return interp.invoke, f"{name} {importlib.metadata.version(name)}"
+
+
+def executorch_profile(path: str | Path, runs: int = 3) -> dict[str, float]:
+    """Median ms per XNNPACK operator kind over `runs` profiled runs (ETDump), largest first."""
+    import torch
+    from executorch.devtools import Inspector
+    from executorch.extension.pybindings import portable_lib
+
+    from ..runtime import load
+
+    runner = load(path)  # for the input shape and conversion only
+    x = torch.from_numpy(runner._to_input(np.zeros(runner.input_shape, np.float32)))
+    module = portable_lib._load_for_executorch(str(path), enable_etdump=True)
+    for _ in range(runs):
+        module.forward([x])
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = Path(tmp) / "run.etdump"
+        module.write_etdump_result_to_file(str(dump))
+        frame = Inspector(etdump_path=str(dump)).to_dataframe()
+    kinds: dict[str, float] = {}
+    for block, name, raw in zip(frame["event_block_name"], frame["event_name"], frame["raw"]):
+        if block != "Execute" or not raw or name in ("Method::execute", "DELEGATE_CALL"):
+            continue
+        kind = re.sub(r"\s*#\d+$", "", str(name))
+        kinds[kind] = kinds.get(kind, 0.0) + float(np.median(raw))
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+
+def _import_runtime(path: Path) -> None:
+    """Import the artifact's runtime first, so load_ms times the load, not Python's imports."""
+    if path.suffix == ".pte":
+        import executorch.runtime  # noqa: F401
+    elif path.suffix == ".tflite":
+        from ..runtime.litert import interpreter_class
+
+        interpreter_class()
+
+
+def _child(path: Path, threads: int, runs: int, warmup: int, profile: bool, raw: bool) -> dict[str, Any]:
+    _import_runtime(path)
+    from ..runtime import load
+
+    rss_before = _rss_mb()
+    started = time.perf_counter()
+    if raw:
+        invoke, evaluated_by = _raw_invoke(path, threads)
+    else:
+        runner = load(path, threads=threads)
+        x = runner._to_input(np.random.default_rng(0).standard_normal(runner.input_shape).astype(np.float32))
+        invoke, evaluated_by = (lambda: runner._run(x)), runner.evaluated_by
+    load_ms = 1e3 * (time.perf_counter() - started)
+    for _ in range(warmup):
+        invoke()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        invoke()
+        times.append(1e3 * (time.perf_counter() - t))
+    result = {
+        "path": str(path), "threads": threads, "runs": runs, "warmup": warmup, "load_ms": load_ms,
+        "median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "min_ms": float(min(times)),
+        "peak_rss_mb": _peak_rss_mb(), "rss_before_load_mb": rss_before, "evaluated_by": evaluated_by,
+    }
+    if profile and path.suffix == ".pte":
+        result["profile"] = executorch_profile(path)
+    return result
+
+
+# -- the runtime's own throughput on one large 1x1 convolution --------------------------------------
+
+def peak_artifacts(cache_dir: str | Path) -> dict[tuple[str, str], Path]:
+    """(runtime, dtype) -> a one-layer 1x1-convolution artifact, built once into `cache_dir`."""
+    import torch
+    from torch import nn
+
+    from ..config import PTQConfig, load_recipe
+    from ..export import _folded
+    from ..export import executorch as et
+    from ..export import tflite as tfl
+    from ..fileio import atomic_path
+    from ..quantize import quantize
+
+    cache = Path(cache_dir)
+    paths = {(rt, dt): cache / f"conv1x1_{PEAK_LAYERS}x{PEAK_CHANNELS}_{PEAK_SIZE}_{rt}_{dt}{ext}"
+             for rt, ext in PEAK_RUNTIMES.items() for dt in ("fp32", "int8")}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    torch.manual_seed(0)
+    conv = nn.Sequential(*(nn.Conv2d(PEAK_CHANNELS, PEAK_CHANNELS, 1) for _ in range(PEAK_LAYERS))).eval()
+    example = torch.randn(1, PEAK_CHANNELS, PEAK_SIZE, PEAK_SIZE)
+    program = quantize(conv, PTQConfig(observer="minmax"), calibration=[torch.randn(2, PEAK_CHANNELS, PEAK_SIZE, PEAK_SIZE)]).convert(fold_quantize=False)
+    recipe = load_recipe("quick")  # only its (unused) normalization is read: scalar_input=False
+    with torch.no_grad():
+        build = {
+            ("executorch", "fp32"): lambda: et.to_pte(conv, example)[0],
+            ("executorch", "int8"): lambda: et.to_pte(_folded(program), example)[0],
+            ("tflite", "fp32"): lambda: tfl.convert(conv, example, recipe, int8=False, scalar_input=False),
+            ("tflite", "int8"): lambda: tfl.convert(program, example, recipe, int8=True, scalar_input=False),
+        }
+        for key, path in paths.items():
+            if not path.exists():
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(build[key]())
+    return paths
+
+
+def peak_macs() -> int:
+    return PEAK_LAYERS * PEAK_CHANNELS * PEAK_CHANNELS * PEAK_SIZE * PEAK_SIZE
+
+
+def runtime_peaks(cache_dir: str | Path, *, threads: int | None = None, runs: int = 20) -> dict[str, dict[str, Any]]:
+    """{"executorch int8": {"gmacs_per_s", "median_ms", "threads", "evaluated_by"}, ...} on this machine."""
+    peaks = {}
+    for (rt, dt), path in peak_artifacts(cache_dir).items():
+        lat = measure(path, threads=threads, runs=runs, warmup=3, raw=True)
+        peaks[f"{rt} {dt}"] = {"gmacs_per_s": peak_macs() / 1e9 / (lat.median_ms / 1e3), "median_ms": lat.median_ms,
+                               "threads": lat.threads, "evaluated_by": lat.evaluated_by}
+    return peaks
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="time one artifact (the child process of `measure`)")
+    ap.add_argument("artifact")
+    ap.add_argument("--threads", type=int, default=default_threads())
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--raw", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        result = _child(Path(args.artifact), args.threads, args.runs, args.warmup, args.profile, args.raw)
+    except AsppEdgeError as exc:
+        result = {"error": str(exc)}
+    print(MARKER + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

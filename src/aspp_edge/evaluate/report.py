@@ -1,0 +1,242 @@
+"""The run's report: report.json, report.md (table + verdict), pareto.png and samples.png.
+
+Rows are plain dicts, one per artifact (`ROW_FIELDS`); an artifact its runtime cannot run on
+this machine has `evaluated_by = "not run: <reason>"` and None for every measured figure.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..fileio import atomic_path
+
+ROW_FIELDS = (
+    "path", "backend", "precision", "method", "head", "miou", "miou_drop", "agreement", "sqnr_db", "latency_ms",
+    "load_ms", "size_bytes", "peak_rss_mb", "gmacs", "gmacs_per_s", "evaluated_by",
+)
+# Targets of the default recipe (issue 5); the verdict states each against the measured figures.
+QAT_MAX_DROP = 0.3  # points
+QAT_MIN_AGREEMENT = 0.99
+INT8_MAX_LATENCY_RATIO = 0.25  # int8 median / fp32 median of the same runtime
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "platform": platform.platform(), "machine": platform.machine(), "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "cuda": cuda, "gpu": torch.cuda.get_device_name(0) if cuda else None,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def ran(row: dict[str, Any]) -> bool:
+    return not str(row.get("evaluated_by", "")).startswith("not run")
+
+
+def label(row: dict[str, Any], with_head: bool = False) -> str:
+    method = "" if row["method"] == "none" else f" {row['method']}"
+    return f"{row['head'] + ' ' if with_head else ''}{row['backend']} {row['precision']}{method}"
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+def table(rows: list[dict[str, Any]], *, with_head: bool) -> list[str]:
+    lines = [
+        "| artifact | mIoU | drop (pts) | agreement | SQNR dB | median ms | p90 ms | load ms | MB | peak RSS MB | GMAC/s | evaluated by |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lat = r.get("latency_ms") or {}
+        lines.append(
+            f"| {label(r, with_head)} | {_fmt(r['miou'], '.4f')} | {_fmt(r['miou_drop'], '.2f')} | {_fmt(r['agreement'], '.4f')} "
+            f"| {_fmt(r['sqnr_db'], '.1f')} | {_fmt(lat.get('median'), '.3f')} | {_fmt(lat.get('p90'), '.3f')} "
+            f"| {_fmt(r['load_ms'], '.0f')} | {r['size_bytes'] / 1e6:.2f} | {_fmt(r['peak_rss_mb'], '.0f')} "
+            f"| {_fmt(r['gmacs_per_s'], '.1f')} | {r['evaluated_by']} |"
+        )
+    return lines
+
+
+def verdict(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per target, stated against the figures (never a bare pass/fail)."""
+    out = []
+    for head in dict.fromkeys(r["head"] for r in rows):
+        mine = [r for r in rows if r["head"] == head and ran(r)]
+        qat = [r for r in mine if r["method"] == "qat"]
+        if qat:
+            worst_drop = max(qat, key=lambda r: r["miou_drop"])
+            worst_agree = min(qat, key=lambda r: r["agreement"])
+            ok = worst_drop["miou_drop"] <= QAT_MAX_DROP and worst_agree["agreement"] >= QAT_MIN_AGREEMENT
+            out.append(
+                f"- {head}: QAT int8 {'meets' if ok else 'misses'} the targets (drop <= {QAT_MAX_DROP} points, agreement >= "
+                f"{QAT_MIN_AGREEMENT}) on every backend that ran: worst drop {worst_drop['miou_drop']:.2f} points "
+                f"({worst_drop['backend']}), lowest agreement {worst_agree['agreement']:.4f} ({worst_agree['backend']})."
+            )
+        for backend in dict.fromkeys(r["backend"] for r in mine):
+            fp = [r for r in mine if r["backend"] == backend and r["precision"] in ("fp32", "fp16")]
+            q = [r for r in mine if r["backend"] == backend and r["precision"] == "int8"]
+            if fp and q and fp[0]["latency_ms"] and q[0]["latency_ms"]:
+                ratio = min(r["latency_ms"]["median"] for r in q) / fp[0]["latency_ms"]["median"]
+                out.append(
+                    f"- {head}: {backend} int8 runs in {ratio:.2f}x the {fp[0]['precision']} latency "
+                    f"({'within' if ratio <= INT8_MAX_LATENCY_RATIO else 'above'} the {INT8_MAX_LATENCY_RATIO}x target)."
+                )
+        for method in ("ptq", "qat"):
+            et = [r for r in mine if (r["backend"], r["precision"], r["method"]) == ("executorch", "int8", method)]
+            tfl = [r for r in mine if (r["backend"], r["precision"], r["method"]) == ("tflite", "int8", method)]
+            if et and tfl and et[0]["latency_ms"] and tfl[0]["latency_ms"]:
+                a, b = et[0]["latency_ms"]["median"], tfl[0]["latency_ms"]["median"]
+                out.append(f"- {head}: {method} int8 ExecuTorch {a:.3f} ms vs LiteRT {b:.3f} ms median "
+                           f"({'ExecuTorch not slower' if a <= b else f'ExecuTorch {a / b:.2f}x slower'}).")
+    not_run = sorted({r["evaluated_by"] for r in rows if not ran(r)})
+    out += [f"- {reason} (no figures invented)." for reason in not_run]
+    return out
+
+
+def write_report(out_dir: str | Path, rows: list[dict[str, Any]], *, recipe: dict[str, Any], references: dict[str, dict[str, Any]],
+                 tools: dict[str, str], peaks: dict[str, Any] | None, samples: dict[str, Any] | None, seconds: float | None = None) -> dict[str, Path]:
+    """Write report.json, report.md, pareto.png and samples.png into `out_dir`; returns their paths."""
+    out = Path(out_dir)
+    main_head = recipe["model"]["head"]
+    report = {
+        "recipe": recipe, "reference": references.get(main_head) or next(iter(references.values())),
+        "references": references, "machine": machine(), "tools": tools, "runtime_peaks": peaks or {},
+        "artifacts": rows, "seconds": seconds,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    paths = {name: out / name for name in ("report.json", "report.md", "pareto.png", "samples.png")}
+    with atomic_path(paths["report.json"]) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=_json_default))
+    with atomic_path(paths["report.md"]) as tmp:
+        tmp.write_text(markdown(report))
+    with atomic_path(paths["pareto.png"]) as tmp:
+        pareto_png(rows, references, tmp)
+    if samples is not None:
+        with atomic_path(paths["samples.png"]) as tmp:
+            samples_png(samples, tmp)
+    return paths
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows, refs, m = report["artifacts"], report["references"], report["machine"]
+    heads = list(dict.fromkeys(r["head"] for r in rows)) or list(refs)
+    lines = [
+        f"# aspp-edge report: recipe `{report['recipe']['name']}`", "",
+        f"Machine: {m['processor']}, {m['cpu_count']} cores, {m['platform']}; GPU: {m['gpu'] or 'none'}.",
+        "Float reference " + "; ".join(f"{h}: mIoU {refs[h]['miou']:.4f} on {refs[h]['device']}" for h in heads if h in refs) + ".",
+        "Latency: median/p90 of timed runs after warm-up, each artifact in its own process, all cores unless stated; "
+        "reported, not asserted. Agreement and SQNR are against the float reference's logits on the val split.", "",
+    ]
+    for head in heads:
+        if len(heads) > 1:
+            lines += [f"## {head}", ""]
+        lines += table([r for r in rows if r["head"] == head], with_head=False) + [""]
+    if len(heads) > 1:
+        lines += ["## Ablation (every head x method x backend)", ""] + table(rows, with_head=True) + [""]
+    if report["runtime_peaks"]:
+        lines += ["## Runtime throughput reference (four 256->256 1x1 convolutions at 64x64)", "",
+                  "| runtime | GMAC/s | median ms | threads |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['gmacs_per_s']:.1f} | {v['median_ms']:.3f} | {v['threads']} |" for k, v in report["runtime_peaks"].items()]
+        lines.append("")
+    profiled = [r for r in rows if r.get("profile")]
+    if profiled:
+        lines += ["## Where ExecuTorch's time goes (XNNPACK operators, ETDump, median of 3 runs)", ""]
+        for r in profiled:
+            total = sum(r["profile"].values()) or 1.0
+            top = ", ".join(f"{k} {v:.3f} ms ({100 * v / total:.0f}%)" for k, v in list(r["profile"].items())[:4])
+            lines.append(f"- {label(r, len(heads) > 1)}: {top}")
+        lines.append("")
+    lines += ["## Verdict", ""] + verdict(rows) + [""]
+    return "\n".join(lines)
+
+
+def pareto_png(rows: list[dict[str, Any]], references: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = [r for r in rows if ran(r) and r.get("latency_ms")]
+    with_head = len({r["head"] for r in rows}) > 1
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    markers = {"executorch": "o", "tflite": "s", "coreml": "^"}
+    colors = {"fp32": "tab:blue", "fp16": "tab:cyan", "int8": "tab:red"}
+    for r in timed:
+        x, y = r["latency_ms"]["median"], r["miou"]
+        ax.scatter(x, y, marker=markers.get(r["backend"], "o"), color=colors.get(r["precision"], "k"), s=50, zorder=3)
+        ax.annotate(label(r, with_head), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    for head, ref in references.items():
+        ax.axhline(ref["miou"], color="grey", lw=0.8, ls="--")
+        ax.annotate(f"float {head} ({ref['device']})", (0.01, ref["miou"]), xycoords=("axes fraction", "data"), fontsize=7, color="grey")
+    skipped = sorted({label(r, with_head) for r in rows if not ran(r)})
+    title = "mIoU vs median latency (lower-right is worse)"
+    if skipped:
+        title += f"\nnot run here: {', '.join(skipped)}"
+    ax.set(xlabel="median latency (ms)", ylabel="val mIoU", title=title)
+    if timed:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def colorize(mask: np.ndarray, colors: list[list[int]]) -> np.ndarray:
+    palette = np.zeros((256, 3), np.uint8)
+    palette[: len(colors)] = np.asarray(colors, np.uint8)
+    return palette[np.asarray(mask, np.int64) % 256]
+
+
+def samples_png(samples: dict[str, Any], path: Path) -> None:
+    """`samples`: images (K,H,W,3 uint8), ground truth (K,H,W), colors, and rows [(title, masks K,H,W)]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images, truth, colors = samples["images"], samples["ground_truth"], samples["colors"]
+    rows = [("input", None), ("ground truth", truth)] + list(samples["rows"])
+    k = len(images)
+    fig, axes = plt.subplots(len(rows), k, figsize=(1.8 * k + 1.6, 1.8 * len(rows)), dpi=100, squeeze=False)
+    for i, (title, masks) in enumerate(rows):
+        for j in range(k):
+            ax = axes[i][j]
+            ax.imshow(images[j] if masks is None else colorize(masks[j], colors), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(title, fontsize=7, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)

@@ -1,0 +1,138 @@
+"""evaluate(): scores against ground truth and the reference; the report's verdict and plots; latency."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aspp_edge.evaluate.accuracy import Reference, evaluate
+from aspp_edge.evaluate.report import ROW_FIELDS, verdict, write_report
+
+
+class Split(torch.utils.data.Dataset):
+    num_classes = 3
+
+    def __init__(self, masks: np.ndarray) -> None:
+        self.masks = torch.from_numpy(masks)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def __getitem__(self, i):
+        return torch.full((3, 4, 4), float(i)), self.masks[i]
+
+
+class FixedRunner:
+    """Returns pre-set logits for image i (images carry their index)."""
+
+    path = Path("fixed.tflite")
+    evaluated_by = "fixed 1.0"
+
+    def __init__(self, logits: np.ndarray) -> None:
+        self.logits = logits
+
+    def predict(self, images) -> np.ndarray:
+        return self.logits[images[:, 0, 0, 0].long().numpy()]
+
+
+def one_hot_logits(labels: np.ndarray, classes: int = 3) -> np.ndarray:
+    return (np.eye(classes, dtype=np.float32)[labels].transpose(0, 3, 1, 2) * 4.0).astype(np.float32)
+
+
+def test_evaluate_against_truth_and_reference():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, size=(5, 4, 4))
+    truth[0, 0, 0] = 255  # ignored pixel
+    ref_labels = truth.copy()
+    ref_labels[ref_labels == 255] = 0
+    ref_logits = one_hot_logits(ref_labels)
+    reference = Reference(ref_logits, miou=1.0, pixel_accuracy=1.0, device="cpu")
+
+    same = evaluate(FixedRunner(ref_logits.copy()), Split(truth), reference, batch_size=2)
+    assert same.agreement == 1.0 and same.miou == pytest.approx(1.0) and same.miou_drop == pytest.approx(0.0)
+    assert math.isinf(same.sqnr_db) and same.masks.shape == (4, 4, 4)
+
+    # flip 8 of the 80 pixels to another class: agreement 0.9; noise known exactly
+    cand_labels = ref_labels.copy().reshape(-1)
+    flip = np.arange(8) * 10 + 1
+    cand_labels[flip] = (cand_labels[flip] + 1) % 3
+    cand = one_hot_logits(cand_labels.reshape(ref_labels.shape))
+    acc = evaluate(FixedRunner(cand), Split(truth), reference, batch_size=3)
+    assert acc.agreement == pytest.approx(72 / 80)
+    signal, noise = (ref_logits.astype(np.float64) ** 2).sum(), ((ref_logits - cand).astype(np.float64) ** 2).sum()
+    assert acc.sqnr_db == pytest.approx(10 * np.log10(signal / noise))
+    assert acc.miou < 1.0 and acc.miou_drop == pytest.approx(100 * (1.0 - acc.miou))
+    assert acc.evaluated_by == "fixed 1.0"
+
+    with pytest.raises(ValueError, match="reference was computed on 5"):
+        evaluate(FixedRunner(cand), Split(truth[:3]), reference)
+
+
+def row(backend, precision, method, *, miou=0.5, drop=0.1, agreement=0.995, median=1.0, ran=True):
+    base = {"path": f"h/{backend}_{precision}_{method}", "backend": backend, "precision": precision, "method": method, "head": "sep_aspp",
+            "size_bytes": 1_000_000, "gmacs": 0.1}
+    if not ran:
+        return {**base, **{k: None for k in ROW_FIELDS if k not in base}, "evaluated_by": "not run: Core ML runs on macOS"}
+    return {**base, "miou": miou, "miou_drop": drop, "agreement": agreement, "sqnr_db": 30.0, "latency_ms": {"median": median, "p90": median * 1.1},
+            "load_ms": 10.0, "peak_rss_mb": 100.0, "gmacs_per_s": 0.1 / (median / 1e3), "evaluated_by": f"{backend} 1.0"}
+
+
+def test_verdict_states_each_target_against_the_figures():
+    rows = [
+        row("executorch", "fp32", "none", median=4.0), row("executorch", "int8", "qat", median=0.8, drop=0.5),
+        row("tflite", "fp32", "none", median=4.0), row("tflite", "int8", "qat", median=1.6, agreement=0.985),
+        row("coreml", "fp16", "none", ran=False),
+    ]
+    text = "\n".join(verdict(rows))
+    assert "QAT int8 misses the targets" in text and "worst drop 0.50 points (executorch)" in text and "0.9850 (tflite)" in text
+    assert "executorch int8 runs in 0.20x the fp32 latency (within" in text
+    assert "tflite int8 runs in 0.40x the fp32 latency (above" in text
+    assert "qat int8 ExecuTorch 0.800 ms vs LiteRT 1.600 ms median (ExecuTorch not slower)" in text
+    assert "not run: Core ML runs on macOS" in text
+    ok = verdict([row("tflite", "int8", "qat", drop=0.2, agreement=0.995)])
+    assert "QAT int8 meets the targets" in ok[0]
+
+
+def test_write_report_files(tmp_path):
+    rows = [row("executorch", "fp32", "none"), row("tflite", "int8", "ptq", median=0.5), row("coreml", "int8", "qat", ran=False)]
+    k = 2
+    samples = {"images": np.zeros((k, 8, 8, 3), np.uint8), "ground_truth": np.zeros((k, 8, 8), np.int64),
+               "colors": [[0, 0, 0], [255, 0, 0], [0, 255, 0]], "rows": [("float (cpu)", np.ones((k, 8, 8), np.int64))]}
+    paths = write_report(tmp_path, rows, recipe={"name": "t", "model": {"head": "sep_aspp"}},
+                         references={"sep_aspp": {"miou": 0.5, "device": "cpu"}}, tools={"torch": "x"}, peaks=None, samples=samples)
+    rep = json.loads(paths["report.json"].read_text())
+    assert rep["reference"] == {"miou": 0.5, "device": "cpu"} and len(rep["artifacts"]) == 3
+    md = paths["report.md"].read_text()
+    coreml_line = next(line for line in md.splitlines() if line.startswith("| coreml int8 qat"))
+    assert coreml_line.count("| - ") >= 8 and "not run: Core ML runs on macOS" in coreml_line  # no invented numbers
+    for name in ("pareto.png", "samples.png"):
+        assert paths[name].read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pareto.png", "report.json", "report.md", "samples.png"]
+
+
+def test_latency_of_a_non_artifact_is_one_clear_error(tmp_path):
+    from aspp_edge.errors import AsppEdgeError
+    from aspp_edge.evaluate.latency import measure
+
+    bogus = tmp_path / "x.pte"
+    bogus.write_bytes(b"not a program")
+    with pytest.raises(AsppEdgeError, match="x.pte"):
+        measure(bogus, runs=1, warmup=0)
+    with pytest.raises(AsppEdgeError, match="runs must be >= 1"):
+        measure(bogus, runs=0)
+
+
+@pytest.mark.slow
+def test_runtime_peaks_build_and_time_each_runtime(tmp_path):
+    from aspp_edge.evaluate.latency import peak_macs, runtime_peaks
+
+    peaks = runtime_peaks(tmp_path, runs=3)
+    assert set(peaks) == {"executorch fp32", "executorch int8", "tflite fp32", "tflite int8"}
+    for name, figures in peaks.items():
+        assert figures["median_ms"] > 0 and figures["gmacs_per_s"] == pytest.approx(peak_macs() / 1e6 / figures["median_ms"])
+    assert len(list(tmp_path.iterdir())) == 4
