@@ -34,7 +34,7 @@ SE_HEADS = {"se_aspp", "sep_se_aspp", "lraspp"}
 # head with an SE gate, and LR-ASPP (sigmoid gate + its own decoder); between them every op any
 # head uses. The other heads' matrices are marked slow (`pytest -m slow`), to keep `make test`
 # well under 10 minutes: one head's six exports cost about a minute of CPU.
-CORE_HEADS = ("sep_aspp", "se_aspp", "lraspp")
+CORE_HEADS = ("sep_aspp", "lraspp")  # depthwise-separable atrous; sigmoid gate + LR-ASPP decoder
 
 
 def _heads():
@@ -42,7 +42,7 @@ def _heads():
 
 
 def _coreml_cases():
-    return [(h, p) if (h in CORE_HEADS or p == "fp16") else pytest.param(h, p, marks=pytest.mark.slow)
+    return [(h, p) if h in CORE_HEADS else pytest.param(h, p, marks=pytest.mark.slow)
             for h in list_models() for p in ("fp16", "int8")]
 
 

@@ -1,13 +1,17 @@
 """aspp-edge: ASPP-head segmentation models for phones.
 
-Build (`create_model`), train (`train`) and quantize (`quantize`) them; export and evaluation
-join as they land. See DESIGN.md for the data flow.
+Build (`create_model`), train (`train`), quantize (`aspp_edge.quantize`), export (`aspp_edge.export`),
+run (`aspp_edge.runtime`) and measure (`aspp_edge.evaluate`, `aspp_edge.pipeline.run`) them.
+See DESIGN.md for the data flow.
+
+Quantization lives in `aspp_edge.quantize` (`from aspp_edge.quantize import quantize`) and is not
+imported here: it pulls in torchao and ExecuTorch's quantizer, which the float model, training,
+evaluation and the runners do not need.
 """
 
 from .config import PTQConfig, QATConfig, Recipe, load_recipe
 from .errors import AsppEdgeError, CheckpointError, ConfigError, DatasetError
 from .models import create_model, list_models
-from .quantize import QuantizedModel, quantize
 from .train import train
 
 __version__ = "0.1.0"
@@ -19,12 +23,11 @@ __all__ = [
     "DatasetError",
     "PTQConfig",
     "QATConfig",
-    "QuantizedModel",
     "Recipe",
     "__version__",
     "create_model",
     "list_models",
     "load_recipe",
-    "quantize",
     "train",
 ]
+

@@ -89,15 +89,46 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> None:
     from .config import load_recipe
+    from .evaluate.report import table
     from .pipeline import run
 
-    s = run(load_recipe(args.recipe), args.out, resume=args.resume)
-    print(f"\nsummary ({s.recipe}, reference on {s.device})")
-    print(f"  float mIoU (val)   {s.float_miou:.4f}")
-    print(f"  params / GMACs     {s.params / 1e6:.2f} M / {s.gmacs:.2f}")
-    print(f"  training           {s.train_seconds:.0f} s")
-    print(f"  total              {s.seconds:.0f} s")
-    print(f"  checkpoint         {s.checkpoint}")
+    s = run(load_recipe(args.recipe), args.out, heads=args.heads, backends=args.backends, methods=args.methods, threads=args.threads,
+            runs=args.runs, peaks=not args.no_peaks, force=args.force)
+    print(f"\nsummary: recipe {s.recipe}, float reference on {s.device}; {s.stages_run} stages ran, {s.stages_reused} reused, {s.seconds:.0f} s")
+    for head, ref in s.references.items():
+        print(f"  float {head}: mIoU {ref['miou']:.4f}, {ref['params'] / 1e6:.2f} M params, {ref['gmacs']:.3f} GMACs")
+    print("\n".join(table(s.rows, with_head=len(s.references) > 1)))
+    print(f"report: {s.report['report.md']}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from .config import load_recipe
+    from .pipeline import eval_artifacts
+
+    rows = eval_artifacts(args.artifacts, recipe=load_recipe(args.recipe) if args.recipe else None, reference=args.reference,
+                          threads=args.threads)
+    print(f"{'artifact':<48} {'mIoU':>7} {'drop pts':>8} {'agree':>7} {'SQNR dB':>8}  evaluated by")
+    for r in rows:
+        name = r["path"].rsplit("/", 1)[-1]
+        if "miou" not in r:
+            print(f"{name:<48} {'-':>7} {'-':>8} {'-':>7} {'-':>8}  {r['evaluated_by']}")
+            continue
+        print(f"{name:<48} {r['miou']:>7.4f} {r['miou_drop']:>8.2f} {r['agreement']:>7.4f} {r['sqnr_db']:>8.1f}  {r['evaluated_by']}")
+    print(f"reference: {rows[0]['reference']} on {rows[0]['reference_device']}, mIoU {rows[0]['reference_miou']:.4f}")
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from .evaluate.latency import default_threads, measure
+    from .runtime import check_artifact
+
+    paths = [check_artifact(p) for p in args.artifacts]
+    print(f"{args.runs} timed runs after {args.warmup} warm-up, {args.threads or default_threads()} threads, each artifact in its own process")
+    print(f"{'artifact':<48} {'median ms':>9} {'p90 ms':>8} {'min ms':>8} {'load ms':>8} {'peak RSS MB':>11}  runtime")
+    for path in paths:
+        lat = measure(path, threads=args.threads, runs=args.runs, warmup=args.warmup, profile=args.profile)
+        print(f"{path.name:<48} {lat.median_ms:>9.3f} {lat.p90_ms:>8.3f} {lat.min_ms:>8.3f} {lat.load_ms:>8.0f} {lat.peak_rss_mb:>11.0f}  {lat.evaluated_by}")
+        for kind, ms in list(lat.profile.items())[:6]:
+            print(f"    {kind:<44} {ms:>9.3f} ms")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -149,11 +180,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the full summary as JSON")
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("run", help="the end-to-end pipeline on a recipe", formatter_class=fmt)
+    p = sub.add_parser("run", help="the end-to-end pipeline: train, quantize, export, evaluate, report", formatter_class=fmt)
     p.add_argument("--recipe", default="default", help="built-in recipe name (quick, default) or a YAML path")
-    p.add_argument("--out", default="runs/default", help="output directory")
-    p.add_argument("--resume", action="store_true", help="resume float training from OUT/float/last.pt")
+    p.add_argument("--out", default="runs/default", help="output directory (re-running with it skips finished stages)")
+    p.add_argument("--heads", default=None, help="'all' (the ablation) or comma-separated heads (default: the recipe's head)")
+    p.add_argument("--backends", default="all", help="'all' or comma-separated: executorch, coreml, tflite")
+    p.add_argument("--methods", default="all", help="'all' or comma-separated: ptq, qat")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads for evaluation and latency (default: all cores)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per artifact")
+    p.add_argument("--no-peaks", action="store_true", help="skip the runtimes' 1x1-convolution throughput reference")
+    p.add_argument("--force", action="store_true", help="run in an out dir that holds another recipe's run")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("eval", help="accuracy of artifacts against their float reference on the val split", formatter_class=fmt)
+    p.add_argument("artifacts", nargs="+", help=".pte, .tflite or .mlpackage files (with their manifests)")
+    p.add_argument("--recipe", default=None, help="recipe whose val split to use (default: the one stored in the reference checkpoint)")
+    p.add_argument("--reference", default=None, help="float checkpoint (default: the run's float.pt matching the manifest's sha256)")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("bench", help="latency, load time and peak RSS of artifacts in their runtimes", formatter_class=fmt)
+    p.add_argument("artifacts", nargs="+", help=".pte, .tflite or .mlpackage files (with their manifests)")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs first")
+    p.add_argument("--profile", action="store_true", help=".pte: ExecuTorch's per-operator times (ETDump), by operator kind")
+    p.set_defaults(func=_cmd_bench)
     return parser.parse_args(argv)
 
 

@@ -113,3 +113,15 @@ def read_manifest(artifact: str | Path) -> dict[str, Any]:
     validate_manifest(manifest, path)
     return manifest
 
+
+
+def add_metrics(artifact: str | Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write the measured figures into the artifact's manifest (`metrics`), validated, atomically."""
+    from ..fileio import atomic_path
+
+    manifest = read_manifest(artifact)
+    manifest["metrics"] = metrics
+    validate_manifest(manifest, manifest_path(artifact))
+    with atomic_path(manifest_path(artifact)) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+    return manifest

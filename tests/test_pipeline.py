@@ -1,0 +1,175 @@
+"""`aspp-edge run --recipe quick` end to end, its stage reuse, and `eval`/`bench` on its artifacts."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from aspp_edge.cli import main
+from aspp_edge.config import load_recipe
+from aspp_edge.errors import ConfigError
+from aspp_edge.evaluate.report import ROW_FIELDS
+from aspp_edge.export.manifest import read_manifest
+from aspp_edge.pipeline import LOG_FILE, STATE_FILE, run
+
+# One run per session; the group keeps these tests on one xdist worker (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("quick_run")
+
+HEAD = "sep_aspp"
+EXPECTED = {
+    f"quick_{HEAD}_{b}_{p}.{ext}" for b, p, ext in (("executorch", "fp32", "pte"), ("tflite", "fp32", "tflite"), ("coreml", "fp16", "mlpackage"))
+} | {f"quick_{HEAD}_ptq_{b}_int8.{ext}" for b, ext in (("executorch", "pte"), ("tflite", "tflite"), ("coreml", "mlpackage"))}
+RUN_ARGS = dict(methods="ptq", runs=3, peaks=False, progress=False)  # what the fixture's CLI call used
+
+
+@pytest.fixture(scope="session")  # session: a module fixture is rebuilt when xdist interleaves other modules
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "quick"
+    # PTQ only: QAT's exports are the same code path, and QAT's prepare alone costs ~40 s (tests/test_quantize.py runs it)
+    assert main(["run", "--recipe", "quick", "--out", str(out), "--methods", "ptq", "--runs", "3", "--no-peaks"]) == 0
+    return out
+
+
+def report(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def last_run_log(out: Path) -> list[str]:
+    lines = (out / LOG_FILE).read_text().splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("== run"))
+    return lines[start + 1 :]
+
+
+def stages(lines: list[str], what: str) -> set[str]:
+    return {line.split("] ", 1)[1].split(":", 1)[0] for line in lines if line.endswith(what) or f": {what}" in line}
+
+
+def test_report_lists_every_artifact_with_all_fields(quick_run):
+    rep = report(quick_run)
+    rows = {Path(r["path"]).name: r for r in rep["artifacts"]}
+    assert set(rows) == EXPECTED
+    assert {p.name for p in (quick_run / HEAD / "artifacts").iterdir() if not p.name.endswith(".manifest.json")} == EXPECTED
+    for name, row in rows.items():
+        assert set(ROW_FIELDS) <= set(row), name
+        assert row["size_bytes"] > 10_000 and row["gmacs"] > 0
+        if name.endswith(".mlpackage"):  # Core ML predicts on macOS only: reported, never invented
+            assert row["evaluated_by"].startswith("not run: Core ML runs on macOS")
+            assert row["miou"] is None and row["latency_ms"] is None
+            continue
+        for key in ("miou", "miou_drop", "agreement", "sqnr_db", "load_ms", "peak_rss_mb", "gmacs_per_s"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), (name, key)
+        assert 0 < row["latency_ms"]["median"] <= row["latency_ms"]["p90"]
+        assert row["evaluated_by"].split()[0] in ("executorch", "ai-edge-litert", "tflite-runtime")
+    assert rep["reference"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert rep["recipe"]["name"] == "quick" and rep["machine"]["cpu_count"] >= 1 and "executorch" in rep["tools"]
+    md = (quick_run / "report.md").read_text()
+    assert f"on {rep['reference']['device']}" in md and "not run: Core ML runs on macOS" in md and "## Verdict" in md
+
+
+def test_quick_int8_artifacts_match_the_float_reference(quick_run):
+    for row in report(quick_run)["artifacts"]:
+        if row["miou"] is None:
+            continue
+        if row["precision"] == "int8":
+            assert row["agreement"] >= 0.98, row["path"]
+            assert row["miou_drop"] <= 2.0, row["path"]
+        else:  # fp32 artifacts are the float model
+            assert row["agreement"] >= 0.999 and abs(row["miou_drop"]) < 0.05, row["path"]
+
+
+def test_plots_are_real_pngs(quick_run):
+    for name in ("pareto.png", "samples.png"):
+        path = quick_run / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000, name
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            assert min(image.size) >= 300, (name, image.size)
+
+
+def test_manifests_carry_the_measured_figures(quick_run):
+    for row in report(quick_run)["artifacts"]:
+        metrics = read_manifest(quick_run / row["path"])["metrics"]
+        assert metrics["miou"] == row["miou"] and metrics["evaluated_by"] == row["evaluated_by"]
+
+
+def test_second_run_reuses_every_stage_and_a_deleted_artifact_is_redone_alone(quick_run):
+    recipe = load_recipe("quick")
+    summary = run(recipe, quick_run, **RUN_ARGS)
+    log = last_run_log(quick_run)
+    assert summary.stages_run == 0 and summary.stages_reused == 15
+    assert not stages(log, "running") and all(": reused" in line for line in log if line.startswith("["))
+
+    victim = quick_run / HEAD / "artifacts" / f"quick_{HEAD}_executorch_fp32.pte"
+    victim.unlink()
+    summary = run(recipe, quick_run, **RUN_ARGS)
+    assert stages(last_run_log(quick_run), "running") == {f"{HEAD}/export/{victim.name}", f"{HEAD}/eval/{victim.name}"}
+    assert victim.is_file() and summary.stages_run == 2
+
+
+def test_changed_recipe_section_redoes_what_it_invalidates(quick_run, tmp_path):
+    # A copy of the run, with a different ptq section: PTQ and its exports/evaluations rerun, nothing else.
+    out = tmp_path / "copy"
+    shutil.copytree(quick_run, out)
+    changed = load_recipe("quick").replace(ptq={"observer": "percentile"})
+    run(changed, out, backends="coreml", **RUN_ARGS)
+    ran = stages(last_run_log(out), "running")
+    name = f"quick_{HEAD}_ptq_coreml_int8.mlpackage"
+    assert ran == {f"{HEAD}/ptq", f"{HEAD}/export/{name}", f"{HEAD}/eval/{name}"}
+
+
+def test_out_dir_of_another_recipe_is_refused(quick_run):
+    before = (quick_run / STATE_FILE).read_text()
+    other = load_recipe("quick").replace(name="other")
+    with pytest.raises(ConfigError, match=r"holds a run of recipe 'quick', not 'other'.*--force"):
+        run(other, quick_run, **RUN_ARGS)
+    assert (quick_run / STATE_FILE).read_text() == before
+
+
+def test_eval_and_bench_cli(quick_run, capsys):
+    artifact = quick_run / HEAD / "artifacts" / f"quick_{HEAD}_ptq_tflite_int8.tflite"
+    row = next(r for r in report(quick_run)["artifacts"] if r["path"].endswith(artifact.name))
+    assert main(["eval", str(artifact)]) == 0
+    out = capsys.readouterr().out
+    assert f"{row['miou']:.4f}" in out and "reference:" in out  # same images, same reference: same figures
+    assert main(["bench", str(artifact), "--runs", "3", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    assert artifact.name in out and "ai-edge-litert" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--recipe", "quick", "--heads", "aspp,nope"], "head 'nope'.*valid choices: all, aspp"),
+        (["run", "--recipe", "quick", "--backends", "onnx"], "backend 'onnx'.*executorch"),
+        (["run", "--recipe", "quick", "--methods", "gptq"], "method 'gptq'.*ptq, qat"),
+        (["eval", "README.md"], "artifact type '.md'"),
+        (["bench", "missing.pte"], "not found"),
+    ],
+)
+def test_bad_input_is_one_clear_error(argv, message, capsys, tmp_path):
+    import re
+
+    out = tmp_path / "never"
+    assert main(argv + (["--out", str(out)] if argv[0] == "run" else [])) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_recipe_that_cannot_run_is_refused(tmp_path, capsys):
+    bad = load_recipe("quick").to_dict()
+    bad["data"]["resolution"] = 100
+    path = tmp_path / "bad.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(bad))
+    assert main(["run", "--recipe", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "not divisible by model.output_stride 16" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
