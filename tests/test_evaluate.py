@@ -55,7 +55,7 @@ def test_evaluate_against_truth_and_reference():
 
     same = evaluate(FixedRunner(ref_logits.copy()), Split(truth), reference, batch_size=2)
     assert same.agreement == 1.0 and same.miou == pytest.approx(1.0) and same.miou_drop == pytest.approx(0.0)
-    assert math.isinf(same.sqnr_db) and same.masks.shape == (4, 4, 4)
+    assert math.isinf(same.sqnr_db) and same.masks.shape == (5, 4, 4)  # every val image's mask
 
     # flip 8 of the 80 pixels to another class: agreement 0.9; noise known exactly
     cand_labels = ref_labels.copy().reshape(-1)
@@ -136,3 +136,27 @@ def test_runtime_peaks_build_and_time_each_runtime(tmp_path):
     for name, figures in peaks.items():
         assert figures["median_ms"] > 0 and figures["gmacs_per_s"] == pytest.approx(peak_macs() / 1e6 / figures["median_ms"])
     assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_core_ml_reference_rows_are_marked_and_compared_across_backends(tmp_path):
+    """mil-reference rows carry accuracy but no latency; the report says what they check, and the
+    int8 artifacts of one program are compared backend against backend."""
+    from aspp_edge.evaluate.report import cross_backend_table
+
+    mil = {**row("coreml", "int8", "ptq"), "latency_ms": None, "load_ms": None, "peak_rss_mb": None, "gmacs_per_s": None,
+           "evaluated_by": "mil-reference", "agreement_with": {"executorch": 0.9931, "tflite": 0.9875}}
+    fp16 = {**row("coreml", "fp16", "none", agreement=0.9991), "latency_ms": None, "evaluated_by": "mil-reference"}
+    et = {**row("executorch", "int8", "ptq"), "agreement_with": {"coreml": 0.9931, "tflite": 0.9962}}
+    rows = [fp16, mil, et]
+    table = cross_backend_table(rows, with_head=False)
+    assert table[2:] == ["| ptq | coreml vs executorch | 0.9931 |", "| ptq | coreml vs tflite | 0.9875 |",
+                         "| ptq | executorch vs tflite | 0.9962 |"]  # each pair once
+    text = "\n".join(verdict(rows))
+    assert "Core ML fp16 (mil-reference) agrees with the float model on 0.9991 of pixels (meets the 0.995 target)" in text
+    assert "executorch 0.9931, tflite 0.9875 (misses the 0.99 target)" in text
+    paths = write_report(tmp_path, rows, recipe={"name": "t", "model": {"head": "sep_aspp"}},
+                         references={"sep_aspp": {"miou": 0.5, "device": "cpu"}}, tools={}, peaks=None, samples=None)
+    md = paths["report.md"].read_text()
+    assert "not Apple's kernels" in md and "backend against backend" in md
+    line = next(line for line in md.splitlines() if line.startswith("| coreml int8 ptq"))
+    assert "| 0.5000 |" in line and line.count("| - ") >= 4 and line.endswith("| mil-reference |")  # accuracy, no latency

@@ -36,7 +36,7 @@ METHODS = ("ptq", "qat")
 ALL = "all"
 STATE_FILE, LOG_FILE = "stages.json", "run.log"
 # Bump when a stage's code changes what it writes, so old outputs are not reused.
-STAGE_VERSIONS = {"float": 1, "quantize": 1, "export": 1, "eval": 2, "reference": 1, "peaks": 1}
+STAGE_VERSIONS = {"float": 1, "quantize": 1, "export": 1, "eval": 3, "reference": 1, "peaks": 1}
 
 
 def _hash(inputs: dict[str, Any]) -> str:
@@ -176,6 +176,7 @@ def run(
     for head in heads:
         head_rows, references[head] = ctx.head(head, backends, methods)
         rows += head_rows
+    ctx.cross_backend(rows)
     peak_figures = ctx.peaks() if peaks else None
     if peak_figures:
         for r in rows:
@@ -313,7 +314,7 @@ class _Context:
             "path": str(artifact.relative_to(self.out)), "backend": manifest["backend"], "precision": manifest["precision"],
             "method": manifest["method"], "head": head, "size_bytes": artifact_size(artifact), "gmacs": reference["gmacs"],
         }
-        masks = np.zeros((0, 0, 0), np.int64)
+        masks = np.zeros((0, 0, 0), np.uint8)
         try:
             runner = runtime.load(artifact, threads=self.threads)
         except runtime.RuntimeMissing as exc:
@@ -322,16 +323,21 @@ class _Context:
         else:
             _, ref = self._reference_logits(head, recipe, self.out / reference["checkpoint"])
             acc = evaluate(runner, build_dataset(recipe, "val"), ref, batch_size=recipe.train.batch_size, progress=self.progress)
+            interpreted = getattr(runner, "reference", False)  # Core ML's program in the MIL reference interpreter
             del runner
-            lat = measure(artifact, threads=self.threads, runs=self.runs, warmup=self.warmup, profile=artifact.suffix == ".pte")
             masks = acc.masks
-            row.update(
-                miou=acc.miou, miou_drop=acc.miou_drop, agreement=acc.agreement, sqnr_db=acc.sqnr_db, pixel_accuracy=acc.pixel_accuracy,
-                latency_ms={"median": lat.median_ms, "p90": lat.p90_ms, "min": lat.min_ms}, load_ms=lat.load_ms,
-                peak_rss_mb=lat.peak_rss_mb, rss_before_load_mb=lat.rss_before_load_mb, threads=lat.threads, runs=lat.runs,
-                gmacs_per_s=reference["gmacs"] / (lat.median_ms / 1e3), evaluated_by=acc.evaluated_by, profile=lat.profile,
-                reference_device=ref.device,
-            )
+            row.update(miou=acc.miou, miou_drop=acc.miou_drop, agreement=acc.agreement, sqnr_db=acc.sqnr_db,
+                       pixel_accuracy=acc.pixel_accuracy, evaluated_by=acc.evaluated_by, reference_device=ref.device)
+            if interpreted:  # figures check the program; the interpreter's speed says nothing about Core ML's
+                row.update(latency_ms=None, load_ms=None, peak_rss_mb=None, gmacs_per_s=None, threads=None,
+                           latency_note=f"not measured: {acc.evaluated_by} checks the program, not Core ML's kernels")
+            else:
+                lat = measure(artifact, threads=self.threads, runs=self.runs, warmup=self.warmup, profile=artifact.suffix == ".pte")
+                row.update(
+                    latency_ms={"median": lat.median_ms, "p90": lat.p90_ms, "min": lat.min_ms}, load_ms=lat.load_ms,
+                    peak_rss_mb=lat.peak_rss_mb, rss_before_load_mb=lat.rss_before_load_mb, threads=lat.threads, runs=lat.runs,
+                    gmacs_per_s=reference["gmacs"] / (lat.median_ms / 1e3), profile=lat.profile,
+                )
         row["backend_info"] = manifest.get("backend_info", {})
         with atomic_path(result.with_suffix(".npz")) as tmp:
             with open(tmp, "wb") as f:
@@ -355,6 +361,19 @@ class _Context:
         self.book.run("runtime-peaks", inputs, [path], write)
         return json.loads(path.read_text())
 
+    def cross_backend(self, rows: list[dict[str, Any]]) -> None:
+        """Add `agreement_with` {backend: fraction of val pixels with the same argmax} to each int8
+        row: the int8 artifacts of one program, compared with each other across backends."""
+        masks = {}
+        for r in rows:
+            if r["precision"] == "int8" and r["miou"] is not None:
+                masks[r["head"], r["method"], r["backend"]] = np.load(self.out / r["head"] / "eval" / f"{Path(r['path']).name}.npz")["masks"]
+        for r in rows:
+            mine = masks.get((r["head"], r["method"], r["backend"]))
+            if mine is not None:
+                r["agreement_with"] = {b: float((mine == m).mean()) for (h, meth, b), m in masks.items()
+                                       if (h, meth) == (r["head"], r["method"]) and b != r["backend"] and m.shape == mine.shape}
+
     def samples(self, head: str, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         from .data import build_dataset
         from .evaluate.accuracy import SAMPLE_IMAGES
@@ -372,7 +391,7 @@ class _Context:
         sample_rows = [(f"float ({ref['device']})", np.load(self.out / head / "reference.npz")["masks"])]
         for r in rows:
             if r["head"] == head and r["miou"] is not None:
-                masks = np.load(self.out / head / "eval" / f"{Path(r['path']).name}.npz")["masks"]
+                masks = np.load(self.out / head / "eval" / f"{Path(r['path']).name}.npz")["masks"][:k]
                 sample_rows.append((f"{r['backend']} {r['precision']}{'' if r['method'] == 'none' else ' ' + r['method']}", masks))
         return {"images": np.stack(images), "ground_truth": np.stack(truth), "colors": [list(c) for c in recipe.class_colors],
                 "rows": sample_rows}

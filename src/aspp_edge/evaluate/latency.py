@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import resource
 import subprocess
@@ -70,6 +71,9 @@ def measure(path: str | Path, *, threads: int | None = None, runs: int = 50, war
             profile: bool = False, raw: bool = False, timeout: float = 600) -> Latency:
     """Time one artifact in a fresh process. `raw`: a file without manifest (the peak convolution)."""
     path = Path(path)
+    if path.suffix == ".mlpackage" and platform.system() != "Darwin":
+        raise AsppEdgeError(f"{path.name}: Core ML latency is measured on macOS only; on {platform.system()} the package runs in the "
+                            "MIL reference interpreter, which checks the program and says nothing about Core ML's speed")
     if runs < 1 or warmup < 0:
         raise AsppEdgeError(f"runs must be >= 1 and warmup >= 0; got runs={runs}, warmup={warmup}")
     cmd = [sys.executable, "-m", "aspp_edge.evaluate.latency", str(path), "--threads", str(threads or default_threads()),

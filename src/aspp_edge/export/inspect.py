@@ -74,6 +74,10 @@ def format_inspection(info: dict[str, Any]) -> str:
     else:
         lines.append(f"  I/O       inputs {f['inputs']}, outputs {f['outputs']}")
         lines.append(f"  MIL ops   {_hist(f['ops'])}")
+        from ..runtime.mil import SUPPORTED_OPS
+
+        outside = sorted(set(f["ops"]) - set(SUPPORTED_OPS))
+        lines.append(f"  mil-reference  {'runs every op of this program (Linux check)' if not outside else 'cannot run: ' + ', '.join(outside)}")
         preview = {k: v for k, v in f["metadata"].items() if k.startswith("com.apple")}
         lines.append(f"  metadata  {json.dumps(preview)}; {len(f['metadata'])} user-defined keys")
     return "\n".join(lines)
