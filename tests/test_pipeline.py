@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import shutil
 from pathlib import Path
 
@@ -18,9 +19,6 @@ from aspp_edge.evaluate.report import ROW_FIELDS
 from aspp_edge.export.manifest import read_manifest
 from aspp_edge.pipeline import LOG_FILE, STATE_FILE, run
 
-# One run per session; the group keeps these tests on one xdist worker (make test: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("quick_run")
-
 HEAD = "sep_aspp"
 EXPECTED = {
     f"quick_{HEAD}_{b}_{p}.{ext}" for b, p, ext in (("executorch", "fp32", "pte"), ("tflite", "fp32", "tflite"), ("coreml", "fp16", "mlpackage"))
@@ -28,11 +26,19 @@ EXPECTED = {
 RUN_ARGS = dict(methods="ptq", runs=3, peaks=False, progress=False)  # what the fixture's CLI call used
 
 
-@pytest.fixture(scope="session")  # session: a module fixture is rebuilt when xdist interleaves other modules
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipeline") / "quick"
-    # PTQ only: QAT's exports are the same code path, and QAT's prepare alone costs ~40 s (tests/test_quantize.py runs it)
-    assert main(["run", "--recipe", "quick", "--out", str(out), "--methods", "ptq", "--runs", "3", "--no-peaks"]) == 0
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory, worker_id):
+    """One quick run for the whole session, shared by the xdist workers (the first to take the lock
+    runs it; xdist's loadgroup does not group tests under pytest 9, so a lock, not a group). Tests
+    that change a run work on a copy."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    out = root / "pipeline" / "quick"
+    with FileLock(str(root / "pipeline.lock")):
+        if not (out / "report.json").is_file():
+            # PTQ only: QAT's exports are the same code path, and QAT's prepare alone costs ~40 s (tests/test_quantize.py runs it)
+            assert main(["run", "--recipe", "quick", "--out", str(out), "--methods", "ptq", "--runs", "3", "--no-peaks"]) == 0
     return out
 
 
@@ -58,18 +64,22 @@ def test_report_lists_every_artifact_with_all_fields(quick_run):
     for name, row in rows.items():
         assert set(ROW_FIELDS) <= set(row), name
         assert row["size_bytes"] > 10_000 and row["gmacs"] > 0
-        if name.endswith(".mlpackage"):  # Core ML predicts on macOS only: reported, never invented
-            assert row["evaluated_by"].startswith("not run: Core ML runs on macOS")
-            assert row["miou"] is None and row["latency_ms"] is None
+        for key in ("miou", "miou_drop", "agreement", "sqnr_db"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), (name, key)
+        if name.endswith(".mlpackage") and platform.system() != "Darwin":
+            # Core ML predicts on macOS only: the program ran in the MIL reference interpreter, whose speed is not reported
+            assert row["evaluated_by"] == "mil-reference" and row["latency_ms"] is None and row["load_ms"] is None
             continue
-        for key in ("miou", "miou_drop", "agreement", "sqnr_db", "load_ms", "peak_rss_mb", "gmacs_per_s"):
+        for key in ("load_ms", "peak_rss_mb", "gmacs_per_s"):
             assert isinstance(row[key], float) and math.isfinite(row[key]), (name, key)
         assert 0 < row["latency_ms"]["median"] <= row["latency_ms"]["p90"]
-        assert row["evaluated_by"].split()[0] in ("executorch", "ai-edge-litert", "tflite-runtime")
+        assert row["evaluated_by"].split()[0] in ("executorch", "ai-edge-litert", "tflite-runtime", "coreml-runtime")
     assert rep["reference"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert rep["recipe"]["name"] == "quick" and rep["machine"]["cpu_count"] >= 1 and "executorch" in rep["tools"]
     md = (quick_run / "report.md").read_text()
-    assert f"on {rep['reference']['device']}" in md and "not run: Core ML runs on macOS" in md and "## Verdict" in md
+    assert f"on {rep['reference']['device']}" in md and "## Verdict" in md
+    if platform.system() != "Darwin":
+        assert "| coreml int8 ptq |" in md and "mil-reference" in md and "not Apple's kernels" in md
 
 
 def test_quick_int8_artifacts_match_the_float_reference(quick_run):
@@ -79,6 +89,8 @@ def test_quick_int8_artifacts_match_the_float_reference(quick_run):
         if row["precision"] == "int8":
             assert row["agreement"] >= 0.98, row["path"]
             assert row["miou_drop"] <= 2.0, row["path"]
+        elif row["precision"] == "fp16":  # Core ML's fp16 program (issue 6: >= 0.995 against the float model)
+            assert row["agreement"] >= 0.995 and abs(row["miou_drop"]) < 0.5, row["path"]
         else:  # fp32 artifacts are the float model
             assert row["agreement"] >= 0.999 and abs(row["miou_drop"]) < 0.05, row["path"]
 
@@ -99,17 +111,19 @@ def test_manifests_carry_the_measured_figures(quick_run):
         assert metrics["miou"] == row["miou"] and metrics["evaluated_by"] == row["evaluated_by"]
 
 
-def test_second_run_reuses_every_stage_and_a_deleted_artifact_is_redone_alone(quick_run):
+def test_second_run_reuses_every_stage_and_a_deleted_artifact_is_redone_alone(quick_run, tmp_path):
+    out = tmp_path / "copy"  # a copy: the shared run stays as the other tests read it
+    shutil.copytree(quick_run, out)
     recipe = load_recipe("quick")
-    summary = run(recipe, quick_run, **RUN_ARGS)
-    log = last_run_log(quick_run)
+    summary = run(recipe, out, **RUN_ARGS)
+    log = last_run_log(out)
     assert summary.stages_run == 0 and summary.stages_reused == 15
     assert not stages(log, "running") and all(": reused" in line for line in log if line.startswith("["))
 
-    victim = quick_run / HEAD / "artifacts" / f"quick_{HEAD}_executorch_fp32.pte"
+    victim = out / HEAD / "artifacts" / f"quick_{HEAD}_executorch_fp32.pte"
     victim.unlink()
-    summary = run(recipe, quick_run, **RUN_ARGS)
-    assert stages(last_run_log(quick_run), "running") == {f"{HEAD}/export/{victim.name}", f"{HEAD}/eval/{victim.name}"}
+    summary = run(recipe, out, **RUN_ARGS)
+    assert stages(last_run_log(out), "running") == {f"{HEAD}/export/{victim.name}", f"{HEAD}/eval/{victim.name}"}
     assert victim.is_file() and summary.stages_run == 2
 
 
@@ -141,6 +155,10 @@ def test_eval_and_bench_cli(quick_run, capsys):
     assert main(["bench", str(artifact), "--runs", "3", "--warmup", "1"]) == 0
     out = capsys.readouterr().out
     assert artifact.name in out and "ai-edge-litert" in out
+    if platform.system() != "Darwin":  # the interpreter checks programs; its speed is not Core ML's
+        package = quick_run / HEAD / "artifacts" / f"quick_{HEAD}_ptq_coreml_int8.mlpackage"
+        assert main(["bench", str(package)]) == 2
+        assert "Core ML latency is measured on macOS only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
