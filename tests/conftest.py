@@ -16,6 +16,30 @@ TINY = dict(num_classes=4, width_mult=0.25, head_channels=16, input_size=64)
 
 
 @pytest.fixture(scope="session")
+def quick_run(tmp_path_factory, worker_id):
+    """One quick run for the whole session, shared by the xdist workers (the first to take the lock
+    runs it; xdist's loadgroup does not group tests under pytest 9, so a lock, not a group). Tests
+    that change a run work on a copy."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    out = root / "pipeline" / "quick"
+    with FileLock(str(root / "pipeline.lock")):
+        if not (out / "report.json").is_file():
+            # PTQ only: QAT's exports are the same code path, and QAT's prepare alone costs ~40 s (tests/test_quantize.py runs it)
+            from aspp_edge.cli import main
+
+            # the other worker usually waits on this lock: give the run every core meanwhile
+            threads = torch.get_num_threads()
+            torch.set_num_threads(os.cpu_count() or 1)
+            try:
+                assert main(["run", "--recipe", "quick", "--out", str(out), "--methods", "ptq", "--runs", "3", "--no-peaks"]) == 0
+            finally:
+                torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="session")
 def quick_recipe():
     return load_recipe("quick")
 

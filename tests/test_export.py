@@ -32,11 +32,14 @@ INT8_AGREEMENT, INT8_SQNR_DB = 0.98, 25.0
 # Core ML packages (issue 6), run by Core ML on macOS and by the MIL reference interpreter elsewhere
 COREML_FP16_AGREEMENT = 0.995
 SE_HEADS = {"se_aspp", "sep_se_aspp", "lraspp"}
-# Heads whose full export matrix runs in `make test`: the default head (separable atrous), a dense
-# head with an SE gate, and LR-ASPP (sigmoid gate + its own decoder); between them every op any
-# head uses. The other heads' matrices are marked slow (`pytest -m slow`), to keep `make test`
-# well under 10 minutes: one head's six exports cost about a minute of CPU.
-CORE_HEADS = ("sep_aspp", "lraspp")  # depthwise-separable atrous; sigmoid gate + LR-ASPP decoder
+# Heads whose trained export matrix runs here in `make test`: LR-ASPP (sigmoid gate + its own
+# decoder). The default head, sep_aspp (depthwise-separable atrous), has its six trained artifacts
+# checked by the shared `aspp-edge run --recipe quick` (tests/test_pipeline.py) and its Core ML
+# conversion by test_mil; every other head's Core ML conversion is checked in test_mil too. The
+# other heads' matrices are marked slow (`pytest -m slow`), to keep `make test` well under 10
+# minutes: one head's six exports cost about two minutes of CPU.
+CORE_HEADS = ("lraspp",)
+HEAD = "lraspp"  # the trained head the single-artifact tests below use (its exports are shared with the matrix)
 
 
 def _heads():
@@ -231,7 +234,7 @@ def test_tflite_metadata_and_mediapipe_image_segmenter(artifacts, quick_recipe):
     from mediapipe.tasks.python import BaseOptions
     from mediapipe.tasks.python.vision import ImageSegmenter, ImageSegmenterOptions
 
-    path = artifacts("sep_aspp", "tflite", "int8")
+    path = artifacts(HEAD, "tflite", "int8")
     meta, files = read_metadata(path)
     assert files["labels.txt"].split() == list(quick_recipe.class_names)
     assert meta["input"]["mean"] == meta["input"]["std"] == [127.5]  # one mean/std; the per-channel rest is in the model
@@ -251,7 +254,7 @@ def test_tflite_metadata_and_mediapipe_image_segmenter(artifacts, quick_recipe):
 
 
 def test_tflite_nchw_with_int8_io(sources, val_images, tmp_path):
-    source = sources["sep_aspp"]
+    source = sources[HEAD]
     path = export(source, "tflite", "int8", tmp_path, layout="NCHW", io_dtype="int8")
     manifest = read_manifest(path)
     assert manifest["input"]["layout"] == "NCHW" and manifest["input"]["dtype"] == "int8"
@@ -271,12 +274,12 @@ def test_failed_export_leaves_nothing(sources, tmp_path, monkeypatch):
     monkeypatch.setenv("ASPP_EDGE_FAIL_AT", "before-rename")
     for backend, precision in (("executorch", "fp32"), ("coreml", "fp16")):
         with pytest.raises(AsppEdgeError, match="on purpose"):
-            export(sources["sep_aspp"], backend, precision, tmp_path)
+            export(sources[HEAD], backend, precision, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_manifest_schema_rejects_bad_manifests(artifacts, tmp_path):
-    path = artifacts.copy("sep_aspp", "executorch", "fp32", tmp_path)
+    path = artifacts.copy(HEAD, "executorch", "fp32", tmp_path)
     manifest = read_manifest(path)
     validate_manifest(manifest)
     for broken in ({**manifest, "precision": "int4"}, {k: v for k, v in manifest.items() if k != "sha256"},
@@ -289,7 +292,7 @@ def test_manifest_schema_rejects_bad_manifests(artifacts, tmp_path):
 
 
 def test_bad_export_requests(sources, quick_recipe, tmp_path):
-    source = sources["sep_aspp"]
+    source = sources[HEAD]
     with pytest.raises(ConfigError, match="unknown backend 'onnx'; valid choices: coreml, executorch, tflite"):
         export(source, "onnx", "fp32", tmp_path)
     with pytest.raises(ConfigError, match="unknown precision for executorch 'fp16'; valid choices: fp32, int8"):
@@ -305,7 +308,7 @@ def test_bad_export_requests(sources, quick_recipe, tmp_path):
 
 
 def test_truncated_and_foreign_files_are_named(artifacts, tmp_path):
-    good = artifacts("sep_aspp", "tflite", "fp32")
+    good = artifacts(HEAD, "tflite", "fp32")
     data = good.read_bytes()
     truncated = tmp_path / "truncated.tflite"
     truncated.write_bytes(data[: len(data) // 3])
@@ -328,7 +331,7 @@ def test_truncated_and_foreign_files_are_named(artifacts, tmp_path):
 
 
 def test_missing_runtime_names_the_pip_line(artifacts, monkeypatch):
-    path = artifacts("sep_aspp", "tflite", "fp32")
+    path = artifacts(HEAD, "tflite", "fp32")
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
     with pytest.raises(runtime.RuntimeMissing, match="pip install ai-edge-litert==2.3.0"):
@@ -338,7 +341,7 @@ def test_missing_runtime_names_the_pip_line(artifacts, monkeypatch):
 def test_cli_export_and_inspect(head_models, tmp_path, capsys):
     from aspp_edge.cli import main
 
-    ckpt = head_models.checkpoint("sep_aspp")
+    ckpt = head_models.checkpoint(HEAD)
     assert main(["export", "--checkpoint", str(ckpt), "--backend", "executorch", "--precision", "fp32", "--out", str(tmp_path)]) == 0
     artifact = tmp_path / "quick_executorch_fp32.pte"
     assert artifact.is_file() and manifest_path(artifact).is_file()
@@ -355,7 +358,7 @@ def test_cli_export_and_inspect(head_models, tmp_path, capsys):
 def test_executorch_runner_sizes_the_threadpool(artifacts, val_images):
     from executorch.extension.pybindings import portable_lib
 
-    path = artifacts("sep_aspp", "executorch", "fp32")
+    path = artifacts(HEAD, "executorch", "fp32")
     before = portable_lib._threadpool_get_thread_count()
     try:
         one = runtime.load(path, threads=1)
@@ -394,11 +397,11 @@ def _corrupt_dilation(package) -> int:
 def test_corrupted_coreml_program_is_caught(sources, artifacts, val_images, tmp_path):
     """A wrong dilation written into a copy of the shipped package fails the fp16 comparison that the
     original passes: the check can fail."""
-    path = artifacts("sep_aspp", "coreml", "fp16")
+    path = artifacts(HEAD, "coreml", "fp16")
     with torch.no_grad():
-        float_masks = sources["sep_aspp"].model(val_images).argmax(1).numpy()
+        float_masks = sources[HEAD].model(val_images).argmax(1).numpy()
     good = (runtime.load(path).predict(val_images).argmax(1) == float_masks).mean()
-    copy = artifacts.copy("sep_aspp", "coreml", "fp16", tmp_path)
+    copy = artifacts.copy(HEAD, "coreml", "fp16", tmp_path)
     assert _corrupt_dilation(copy) > 1
     bad = (runtime.load(copy).predict(val_images).argmax(1) == float_masks).mean()
     assert good >= COREML_FP16_AGREEMENT > bad, (good, bad)

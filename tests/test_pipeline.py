@@ -26,22 +26,6 @@ EXPECTED = {
 RUN_ARGS = dict(methods="ptq", runs=3, peaks=False, progress=False)  # what the fixture's CLI call used
 
 
-@pytest.fixture(scope="session")
-def quick_run(tmp_path_factory, worker_id):
-    """One quick run for the whole session, shared by the xdist workers (the first to take the lock
-    runs it; xdist's loadgroup does not group tests under pytest 9, so a lock, not a group). Tests
-    that change a run work on a copy."""
-    from filelock import FileLock
-
-    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    out = root / "pipeline" / "quick"
-    with FileLock(str(root / "pipeline.lock")):
-        if not (out / "report.json").is_file():
-            # PTQ only: QAT's exports are the same code path, and QAT's prepare alone costs ~40 s (tests/test_quantize.py runs it)
-            assert main(["run", "--recipe", "quick", "--out", str(out), "--methods", "ptq", "--runs", "3", "--no-peaks"]) == 0
-    return out
-
-
 def report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
 
@@ -93,6 +77,20 @@ def test_quick_int8_artifacts_match_the_float_reference(quick_run):
             assert row["agreement"] >= 0.995 and abs(row["miou_drop"]) < 0.5, row["path"]
         else:  # fp32 artifacts are the float model
             assert row["agreement"] >= 0.999 and abs(row["miou_drop"]) < 0.05, row["path"]
+
+
+def test_quick_int8_artifacts_run_wholly_in_int8(quick_run):
+    """The sep_aspp exports of the run (test_export's matrix covers lraspp): every conv delegated
+    to XNNPACK in the .pte, the .tflite int8 inside with Q/DQ only at its float I/O, and each
+    int8 artifact agreeing with the other backends' (the report's cross-backend table)."""
+    folder = quick_run / HEAD / "artifacts"
+    pte = read_manifest(folder / f"quick_{HEAD}_ptq_executorch_int8.pte")["backend_info"]
+    assert pte["conv_mac_fraction"] == 1.0 and pte["undelegated_ops"] == {}, pte
+    tfl = read_manifest(folder / f"quick_{HEAD}_ptq_tflite_int8.tflite")["backend_info"]
+    assert tfl["qdq_inside"] == [] and [s.split()[0] for s in tfl["qdq_at_io"]] == ["QUANTIZE", "DEQUANTIZE"]
+    for row in report(quick_run)["artifacts"]:
+        if row["precision"] == "int8" and row["miou"] is not None:
+            assert row["agreement_with"] and min(row["agreement_with"].values()) >= 0.98, row
 
 
 def test_plots_are_real_pngs(quick_run):
