@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from .errors import AsppEdgeError
@@ -67,14 +68,26 @@ def _cmd_export(args: argparse.Namespace) -> None:
     for b in backends:
         if b not in BACKENDS:
             raise choices_error("backend", b, BACKENDS)
+    if args.for_apps:
+        from .apps import check_app_root
+
+        check_app_root(args.for_apps)
     source = from_checkpoint(args.checkpoint) if args.checkpoint else None
     if args.quantized:
         source = from_quantized(args.quantized, source)
+    written = []
     for backend in backends:
         precision = "fp16" if backend == "coreml" and args.precision == "fp32" and not args.exact_precision else args.precision
         path = export(source, backend, precision, args.out, layout=args.layout if backend == "tflite" else None,
                       io_dtype=args.io_dtype if (backend, precision) == ("tflite", "int8") else "float32")
         print(f"wrote {path}  (+ {path.name}.manifest.json)")
+        written.append(path)
+    if args.for_apps:
+        from .apps import install_for_apps
+
+        index = install_for_apps(written, args.for_apps, source.recipe)
+        for backend, entry in index["artifacts"].items():
+            print(f"apps: {entry['source_artifact']} -> {entry['file']} (+ manifest, {entry['expected_mask']})")
 
 
 def _cmd_inspect(args: argparse.Namespace) -> None:
@@ -93,7 +106,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from .pipeline import run
 
     s = run(load_recipe(args.recipe), args.out, heads=args.heads, backends=args.backends, methods=args.methods, threads=args.threads,
-            runs=args.runs, peaks=not args.no_peaks, force=args.force)
+            runs=args.runs, peaks=not args.no_peaks, force=args.force, for_apps=args.for_apps)
     print(f"\nsummary: recipe {s.recipe}, float reference on {s.device}; {s.stages_run} stages ran, {s.stages_reused} reused, {s.seconds:.0f} s")
     for head, ref in s.references.items():
         print(f"  float {head}: mIoU {ref['miou']:.4f}, {ref['params'] / 1e6:.2f} M params, {ref['gmacs']:.3f} GMACs")
@@ -115,6 +128,49 @@ def _cmd_eval(args: argparse.Namespace) -> None:
             continue
         print(f"{name:<48} {r['miou']:>7.4f} {r['miou_drop']:>8.2f} {r['agreement']:>7.4f} {r['sqnr_db']:>8.1f}  {r['evaluated_by']}")
     print(f"reference: {rows[0]['reference']} on {rows[0]['reference_device']}, mIoU {rows[0]['reference_miou']:.4f}")
+
+
+def _cmd_bench_device(args: argparse.Namespace) -> None:
+    import json
+
+    from .evaluate.device import bench_device
+    from .fileio import atomic_path
+
+    if not args.adb:
+        from .errors import ConfigError
+
+        raise ConfigError("bench-device needs --adb (Android over adb is the one transport; iOS: see mobile_demo/README.md)")
+    result = bench_device(args.artifacts, tflite_benchmark=args.tflite_benchmark, executorch_runner=args.executorch_runner,
+                          adb=args.adb_path, serial=args.serial, threads=args.threads, runs=args.runs, warmup=args.warmup)
+    d = result["device"]
+    print(f"{d['model']} (Android {d['android']}, {d['abi']}, serial {d['serial']}), {args.threads} threads, {args.runs} runs")
+    print(f"{'artifact':<48} {'mean ms':>8} {'median ms':>9} {'min ms':>8} {'init ms':>8} {'peak MB':>8}  tool")
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for r in result["artifacts"]:
+        lat = r["latency_ms"]
+        print(f"{Path(r['path']).name:<48} {fmt(lat['mean'], '8.2f'):>8} {fmt(lat['median'], '9.2f'):>9} {fmt(lat['min'], '8.2f'):>8} "
+              f"{fmt(r['load_ms'], '8.0f'):>8} {fmt(r['peak_rss_mb'], '8.1f'):>8}  {r['evaluated_by']}")
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    import statistics
+
+    from .demo import legend, run_demo
+    from .export.manifest import read_manifest
+
+    seg, paths = run_demo(args.artifact, args.image, args.out, mask_out=args.mask, runs=args.runs, threads=args.threads)
+    h, w = seg.mask.shape
+    print(f"{args.artifact}: {w}x{h} image, letterboxed to {seg.box.w}x{seg.box.h} at ({seg.box.x}, {seg.box.y}) of the model input")
+    manifest = read_manifest(args.artifact)
+    for cls, name, color, frac in legend(seg.mask, manifest["labels"], manifest["colors"]):
+        print(f"  {cls:>3} {name:<16} {'rgb' + str(tuple(color)):<18} {100 * frac:5.1f}%")
+    note = " (the reference interpreter: checks the program, not Core ML's speed)" if seg.evaluated_by == "mil-reference" else ""
+    print(f"latency: median {statistics.median(seg.latency_ms):.2f} ms over {len(seg.latency_ms)} runs, {seg.evaluated_by}{note}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -173,6 +229,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layout", default="NHWC", help="tflite I/O layout: NHWC or NCHW")
     p.add_argument("--io-dtype", default="float32", help="tflite int8 I/O: float32 (QUANTIZE/DEQUANTIZE at I/O) or int8")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--for-apps", default=None, metavar="DIR", help="also install the written artifacts into the demo apps under DIR (mobile_demo)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("inspect", help="size, I/O, manifest and op histogram of artifacts", formatter_class=fmt)
@@ -190,6 +247,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=50, help="timed runs per artifact")
     p.add_argument("--no-peaks", action="store_true", help="skip the runtimes' 1x1-convolution throughput reference")
     p.add_argument("--force", action="store_true", help="run in an out dir that holds another recipe's run")
+    p.add_argument("--for-apps", default=None, metavar="DIR", help="install the best int8 artifact per backend into the demo apps under DIR (mobile_demo)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("eval", help="accuracy of artifacts against their float reference on the val split", formatter_class=fmt)
@@ -206,6 +264,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first")
     p.add_argument("--profile", action="store_true", help=".pte: ExecuTorch's per-operator times (ETDump), by operator kind")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("bench-device", help="latency on an attached Android phone, in the runtimes' own benchmark binaries", formatter_class=fmt)
+    p.add_argument("artifacts", nargs="+", help=".pte and .tflite files (with their manifests)")
+    p.add_argument("--adb", action="store_true", help="run on an Android device over adb (required)")
+    p.add_argument("--serial", default=None, help="device serial when several are attached (see `adb devices`)")
+    p.add_argument("--adb-path", default=None, help="adb executable (default: adb on PATH, else $ANDROID_HOME/platform-tools/adb)")
+    p.add_argument("--tflite-benchmark", default=None, help="TFLite/LiteRT benchmark_model binary for the device's ABI (for .tflite)")
+    p.add_argument("--executorch-runner", default=None, help="ExecuTorch executor_runner built for Android with XNNPACK (for .pte)")
+    p.add_argument("--threads", type=int, default=4, help="CPU threads on the device")
+    p.add_argument("--runs", type=int, default=50, help="timed runs")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (benchmark_model)")
+    p.add_argument("--json", default=None, help="also write the rows (host report schema) to this JSON file")
+    p.set_defaults(func=_cmd_bench_device)
+
+    p = sub.add_parser("demo", help="segment one image with an artifact: colour overlay, legend, latency", formatter_class=fmt)
+    p.add_argument("artifact", help=".pte, .tflite or .mlpackage file (with its manifest)")
+    p.add_argument("--image", required=True, help="PNG or JPEG of any size (RGB, RGBA or greyscale)")
+    p.add_argument("--out", default="overlay.png", help="overlay PNG (the image's size); the legend goes to <stem>.legend.png")
+    p.add_argument("--mask", default=None, help="also write the class-index mask as a greyscale PNG")
+    p.add_argument("--runs", type=int, default=5, help="timed predictions (after one untimed)")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
+    p.set_defaults(func=_cmd_demo)
     return parser.parse_args(argv)
 
 

@@ -98,6 +98,22 @@ class StageBook:
         return True
 
 
+def apps_artifacts(rows: list[dict[str, Any]], head: str, out: Path) -> list[Path]:
+    """For the demo apps: per backend, the int8 artifact of `head` with the highest measured mIoU
+    (the float one where no int8 artifact was measured)."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["head"] != head or r["miou"] is None:
+            continue
+        best = chosen.get(r["backend"])
+        key = (r["precision"] == "int8", r["miou"])
+        if best is None or key > (best["precision"] == "int8", best["miou"]):
+            chosen[r["backend"]] = r
+    if not chosen:
+        raise ConfigError(f"no measured artifact of head {head!r} to install for the apps")
+    return [out / r["path"] for r in chosen.values()]
+
+
 @dataclass
 class RunSummary:
     recipe: str
@@ -144,6 +160,7 @@ def run(
     peaks: bool = True,
     force: bool = False,
     progress: bool = True,
+    for_apps: str | Path | None = None,
 ) -> RunSummary:
     from .export import BACKENDS
     from .models import list_models
@@ -155,6 +172,10 @@ def run(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file, not a directory")
+    if for_apps is not None:
+        from .apps import check_app_root
+
+        check_app_root(for_apps)  # refuse before the run, not after it
     lines: list[str] = []
 
     def log(line: str) -> None:
@@ -188,6 +209,12 @@ def run(
     seconds = time.perf_counter() - started
     paths = write_report(out, rows, recipe=recipe.to_dict(), references=references, tools=tool_versions(), peaks=peak_figures,
                          samples=ctx.samples(heads[0], rows), seconds=seconds)
+    if for_apps is not None:
+        from .apps import install_for_apps
+
+        chosen = apps_artifacts(rows, heads[0], out)
+        install_for_apps(chosen, for_apps, recipe.replace(model={"head": heads[0]}), threads=threads)
+        log(f"apps: {', '.join(p.name for p in chosen)} -> {for_apps}")
     ran = sum(1 for line in lines if ": ran in " in line)
     reused = sum(1 for line in lines if line.endswith(": reused"))
     log(f"report: {paths['report.md']} ({ran} stages ran, {reused} reused, {seconds:.0f} s)")
