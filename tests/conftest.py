@@ -15,28 +15,60 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _workers))
 TINY = dict(num_classes=4, width_mult=0.25, head_channels=16, input_size=64)
 
 
-@pytest.fixture(scope="session")
-def quick_run(tmp_path_factory, worker_id):
-    """One quick run for the whole session, shared by the xdist workers (the first to take the lock
-    runs it; xdist's loadgroup does not group tests under pytest 9, so a lock, not a group). Tests
-    that change a run work on a copy."""
+# One `aspp-edge run --recipe quick` serves every test that reads a run (PTQ only: QAT's exports are
+# the same code path, and QAT's prepare alone costs ~40 s, which tests/test_quantize.py runs). It
+# starts in the background as soon as a worker's session begins, so the workers go on with other
+# tests meanwhile instead of one of them idling on a lock while the other runs it.
+QUICK_RUN_ARGS = ["run", "--recipe", "quick", "--methods", "ptq", "--runs", "3", "--no-peaks"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that read the shared quick run go last (stable order otherwise, the same on every
+    xdist worker), so both workers have other tests to run while it runs in the background."""
+    items.sort(key=lambda item: "quick_run" in getattr(item, "fixturenames", ()))
+
+
+def _pipeline_root(tmp_path_factory, worker_id):
+    base = tmp_path_factory.getbasetemp()
+    return (base if worker_id == "master" else base.parent) / "pipeline"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_quick_run(request, tmp_path_factory, worker_id):
+    """Start the shared quick run once per session (whichever worker comes first), if any selected
+    test needs it. The run writes its exit status to `rc` when it ends."""
+    import subprocess
+    import sys
+
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    out = root / "pipeline" / "quick"
-    with FileLock(str(root / "pipeline.lock")):
-        if not (out / "report.json").is_file():
-            # PTQ only: QAT's exports are the same code path, and QAT's prepare alone costs ~40 s (tests/test_quantize.py runs it)
-            from aspp_edge.cli import main
+    if not any("quick_run" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        return
+    root = _pipeline_root(tmp_path_factory, worker_id)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / "start.lock")):
+        if (root / "started").exists():
+            return
+        (root / "started").write_text("")
+        cmd = " ".join([sys.executable, "-m", "aspp_edge.cli", *QUICK_RUN_ARGS, "--out", str(root / "quick")])
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the third process on two cores: one thread
+        subprocess.Popen(["sh", "-c", f"{cmd} > {root / 'run.log'} 2>&1; echo $? > {root / 'rc'}"], env=env,
+                         start_new_session=True)
 
-            # the other worker usually waits on this lock: give the run every core meanwhile
-            threads = torch.get_num_threads()
-            torch.set_num_threads(os.cpu_count() or 1)
-            try:
-                assert main(["run", "--recipe", "quick", "--out", str(out), "--methods", "ptq", "--runs", "3", "--no-peaks"]) == 0
-            finally:
-                torch.set_num_threads(threads)
-    return out
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory, worker_id, _start_quick_run):
+    """The shared quick run's folder, once it has finished. Tests that change a run work on a copy."""
+    import time
+
+    root = _pipeline_root(tmp_path_factory, worker_id)
+    deadline = time.monotonic() + 1800
+    while not (root / "rc").is_file() or not (root / "rc").read_text().strip():
+        assert time.monotonic() < deadline, "the shared quick run did not finish in 30 minutes"
+        time.sleep(1)
+    rc = (root / "rc").read_text().strip()
+    assert rc == "0", f"the shared quick run failed (exit {rc}):\n" + (root / "run.log").read_text()[-3000:]
+    return root / "quick"
 
 
 @pytest.fixture(scope="session")
@@ -45,12 +77,14 @@ def quick_recipe():
 
 
 @pytest.fixture(scope="session")
-def quick_trained(tmp_path_factory, quick_recipe):
-    """The quick recipe trained once per session (float.pt + last.pt)."""
-    from aspp_edge.train import train
+def quick_trained(quick_run, quick_recipe):
+    """The quick recipe trained once per session: the shared run's float stage (float.pt + last.pt),
+    whose `train()` is the one `aspp-edge train` runs."""
+    from aspp_edge.train import TrainResult
 
-    out = tmp_path_factory.mktemp("quick")
-    return train(quick_recipe, out, progress=False)
+    path = quick_run / quick_recipe.model.head / "float" / "float.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return TrainResult(path, ckpt["val_miou"], float("nan"), "cpu", 1, ckpt["history"])
 
 
 @pytest.fixture(scope="session")
