@@ -28,13 +28,14 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: "quick_run" in getattr(item, "fixturenames", ()))
 
 
-def _pipeline_root(tmp_path_factory, worker_id):
+def _pipeline_root(tmp_path_factory):
+    """Shared by the xdist workers: their basetemps are subfolders of the session's."""
     base = tmp_path_factory.getbasetemp()
-    return (base if worker_id == "master" else base.parent) / "pipeline"
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "pipeline"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _start_quick_run(request, tmp_path_factory, worker_id):
+def _start_quick_run(request, tmp_path_factory):
     """Start the shared quick run once per session (whichever worker comes first), if any selected
     test needs it. The run writes its exit status to `rc` when it ends."""
     import subprocess
@@ -44,7 +45,7 @@ def _start_quick_run(request, tmp_path_factory, worker_id):
 
     if not any("quick_run" in getattr(item, "fixturenames", ()) for item in request.session.items):
         return
-    root = _pipeline_root(tmp_path_factory, worker_id)
+    root = _pipeline_root(tmp_path_factory)
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / "start.lock")):
         if (root / "started").exists():
@@ -57,11 +58,11 @@ def _start_quick_run(request, tmp_path_factory, worker_id):
 
 
 @pytest.fixture(scope="session")
-def quick_run(tmp_path_factory, worker_id, _start_quick_run):
+def quick_run(tmp_path_factory, _start_quick_run):
     """The shared quick run's folder, once it has finished. Tests that change a run work on a copy."""
     import time
 
-    root = _pipeline_root(tmp_path_factory, worker_id)
+    root = _pipeline_root(tmp_path_factory)
     deadline = time.monotonic() + 1800
     while not (root / "rc").is_file() or not (root / "rc").read_text().strip():
         assert time.monotonic() < deadline, "the shared quick run did not finish in 30 minutes"

@@ -49,6 +49,12 @@ def test_read_rgb_composites_alpha_and_replicates_grey(tmp_path):
     Image.fromarray(np.full((5, 6), 0xABCD, np.uint16)).save(deep)
     assert np.all(read_rgb(deep) == 0xAB)
     assert read_rgb(paths["tall.jpg"]).shape == (97, 33, 3)
+    # a phone photo stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise to view)
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.asarray(Image.open(paths["rgb.png"]))).save(turned, format="JPEG", exif=exif)
+    assert read_rgb(turned).shape == (71, 45, 3)
 
 
 @pytest.mark.parametrize("content, message", [(None, "not found"), (b"not an image", "not a readable image"), ("gif", "GIF image")])

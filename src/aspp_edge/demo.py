@@ -44,8 +44,9 @@ class Segmentation:
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Any PNG/JPEG as H x W x 3 uint8 RGB: greyscale replicated, alpha composited over black."""
-    from PIL import Image, UnidentifiedImageError
+    """Any PNG/JPEG as H x W x 3 uint8 RGB: EXIF orientation applied, greyscale replicated, alpha
+    composited over black."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -54,6 +55,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             fmt = im.format
+            im = ImageOps.exif_transpose(im)  # phone photos: pixels as the camera held them
             if im.mode.startswith("I"):  # 16-bit greyscale: its top 8 bits
                 grey = np.asarray(im, dtype=np.int64)
                 grey = np.clip(grey >> 8 if im.mode.startswith("I;16") or grey.max() > 255 else grey, 0, 255).astype(np.uint8)
@@ -61,7 +63,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
             rgba = np.asarray(im.convert("RGBA"), dtype=np.uint16)
     except (UnidentifiedImageError, OSError) as exc:
         raise AsppEdgeError(f"{str(path)!r} is not a readable image ({exc}); valid formats: PNG, JPEG") from exc
-    if fmt not in ("PNG", "JPEG"):
+    if fmt not in ("PNG", "JPEG", "MPO"):  # MPO: the multi-picture JPEG many phone cameras write
         raise AsppEdgeError(f"{str(path)!r} is a {fmt} image; valid formats: PNG, JPEG")
     alpha = rgba[:, :, 3:4]
     return ((rgba[:, :, :3] * alpha + 127) // 255).astype(np.uint8)  # round(c * a / 255)

@@ -49,8 +49,12 @@ struct ContentView: View {
         .onChange(of: picked) { _, item in
             Task {
                 guard let data = try? await item?.loadTransferable(type: Data.self),
-                      let source = CGImageSourceCreateWithData(data as CFData, nil),
-                      let image = CGImageSourceCreateImageAtIndex(source, 0, nil) else { return }
+                      let source = CGImageSourceCreateWithData(data as CFData, nil) else { return }
+                // a thumbnail "with transform" is the image with its EXIF orientation applied (CONTRACT.md step 1)
+                let options: [CFString: Any] = [kCGImageSourceCreateThumbnailFromImageAlways: true,
+                                                kCGImageSourceCreateThumbnailWithTransform: true,
+                                                kCGImageSourceThumbnailMaxPixelSize: 4096]
+                guard let image = CGImageSourceCreateThumbnailAtIndex(source, 0, options as CFDictionary) else { return }
                 run(image)
             }
         }

@@ -5,6 +5,7 @@ import android.content.pm.PackageManager
 import android.graphics.Bitmap
 import android.graphics.BitmapFactory
 import android.graphics.ImageDecoder
+import android.graphics.Matrix
 import android.os.Bundle
 import android.view.View
 import androidx.activity.result.PickVisualMediaRequest
@@ -31,7 +32,7 @@ class MainActivity : AppCompatActivity() {
 
     private val pickImage = registerForActivityResult(ActivityResultContracts.PickVisualMedia()) { uri ->
         if (uri != null) {
-            val source = ImageDecoder.createSource(contentResolver, uri)
+            val source = ImageDecoder.createSource(contentResolver, uri) // applies the EXIF orientation
             val bitmap = ImageDecoder.decodeBitmap(source) { decoder, _, _ ->
                 decoder.allocator = ImageDecoder.ALLOCATOR_SOFTWARE // getPixels needs a software bitmap
             }
@@ -116,8 +117,12 @@ class MainActivity : AppCompatActivity() {
                 .setOutputImageFormat(ImageAnalysis.OUTPUT_IMAGE_FORMAT_RGBA_8888)
                 .build()
             analysis.setAnalyzer(worker) { frame ->
-                val bitmap = frame.toBitmap()
+                val rotation = frame.imageInfo.rotationDegrees
+                val raw = frame.toBitmap()
                 frame.close()
+                // upright, as the user holds the phone (the sensor's frames are rotated)
+                val bitmap = if (rotation == 0) raw else
+                    Bitmap.createBitmap(raw, 0, 0, raw.width, raw.height, Matrix().apply { postRotate(rotation.toFloat()) }, true)
                 val segmenter = synchronized(segmenters) { current() }
                 val result = segmenter.segment(bitmap)
                 val shown = Contract.overlay(bitmap, result.mask, segmenter.manifest.colors)
