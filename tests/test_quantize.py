@@ -62,6 +62,43 @@ def test_every_concat_and_resize_shares_one_qparam(head, head_models, quick_cali
     assert checked >= 4  # two concats (ASPP, decoder), the broadcast, the pool, the resizes
 
 
+RELU6 = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+CONVS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
+
+
+def _relu6_partitions(converted) -> tuple[int, list[str], list[str]]:
+    """(ReLU6 nodes, those whose conv output is quantized before them, those whose output quantize
+    spends codes outside [0, 6]: a zero point above the lowest code or a step above 6/255)."""
+    count, requantized, wasted = 0, [], []
+    for node in converted.graph.nodes:
+        if node.op != "call_function" or node.target not in RELU6:
+            continue
+        count += 1
+        if node.args[0].target == DEQUANTIZE_PER_TENSOR:
+            requantized.append(node.name)
+        (user,) = node.users
+        assert user.target == QUANTIZE_PER_TENSOR, f"{node.name} output is not quantized"
+        scale, zero_point, qmin = float(user.args[1]), int(user.args[2]), int(user.args[3])
+        if zero_point != qmin or scale > 6.0 / 255 * 1.001:
+            wasted.append(f"{node.name} scale {scale:.4f} zp {zero_point}")
+    return count, requantized, wasted
+
+
+@pytest.mark.parametrize("method", ["ptq", "qat"])
+def test_conv_relu6_is_one_partition_with_the_relu6_range(method, head_models, quick_recipe, quick_calib):
+    """Every MobileNetV2 ReLU6 follows its conv (+BN) without a requantize in between, and its own
+    qparams cover [0, max] within [0, 6], not the conv's +-range."""
+    model = head_models["sep_aspp"]
+    if method == "ptq":
+        q = quantize(model, PTQConfig(observer="minmax"), calibration=quick_calib)
+    else:
+        config = QATConfig(steps=2, batch_size=4, freeze_bn_step=0, freeze_observer_step=0, observer="minmax", calib_size=8)
+        q = quantize(model, config, calibration=quick_calib, train_set=build_dataset(quick_recipe, "train"))
+    count, requantized, wasted = _relu6_partitions(q.convert(fold_quantize=False))
+    assert count >= 10, count  # MobileNetV2 has two ReLU6 per inverted residual block
+    assert requantized == [] and wasted == [], (requantized, wasted)
+
+
 def test_observers_all_calibrate(head_models, quick_recipe, quick_calib):
     model, images = head_models["sep_aspp"], _val_images(quick_recipe)
     for observer in ("minmax", "ema", "percentile", "mse"):

@@ -11,15 +11,24 @@ kernels require (scale 1/256, zero point -128, the range [0, 1)): TFLite's LOGIS
 other output scale and XNNPACK's qs8 sigmoid assumes it, so a gate quantized with observed
 qparams would either fail to load or stay a float island.
 
+A convolution (with or without its BN) followed only by a ReLU6 (hardtanh) is one fused
+partition, as conv + ReLU is in XNNPACKQuantizer: the conv output stays float inside it and the
+ReLU6 output gets its own observer. XNNPACKQuantizer fuses only ReLU, so every MobileNetV2
+ReLU6 would otherwise be quantized with its conv's pre-activation range (about [-12, 12] where
+the ReLU6 output spans [0, 6]: a step 3-4x coarser than needed). XNNPACK fuses the hardtanh
+into the conv as its output clamp, TFLite as a fused RELU6.
+
 Built on ExecuTorch's XNNPACKQuantizer (its patterns, conv+BN folding for QAT and concat
-sharing); the one change is the annotation order: resize and broadcast nodes are annotated to
-share their producer's qparams *before* concats are annotated, so a concat fed by an upsample
-or by the image-pooling broadcast joins the same qparam group instead of adding a requantize.
+sharing). Beyond the ReLU6 fusion, the one change is the annotation order: resize and broadcast
+nodes are annotated to share their producer's qparams *before* concats are annotated, so a
+concat fed by an upsample or by the image-pooling broadcast joins the same qparam group instead
+of adding a requantize.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 
 import torch
 from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
@@ -44,6 +53,12 @@ SHARED_RANGE_TARGETS = {
     torch.ops.aten.expand.default,
 }
 SIGMOID_TARGETS = {torch.ops.aten.sigmoid.default}
+RELU6_TARGETS = {torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default}
+CONV_TARGETS = {torch.ops.aten.conv2d.default, torch.ops.aten.conv2d.padding, torch.ops.aten.convolution.default}
+BN_TARGETS = {
+    torch.ops.aten.batch_norm.default, torch.ops.aten._native_batch_norm_legit_no_training.default,
+    torch.ops.aten._native_batch_norm_legit.default,
+}
 SIGMOID_QSPEC = FixedQParamsQuantizationSpec(
     dtype=torch.int8, scale=1.0 / 256.0, zero_point=-128, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine
 )
@@ -82,6 +97,33 @@ def _annotate_shared_range(model: GraphModule) -> None:
         )
 
 
+def _conv_partition_output(node: Node) -> bool:
+    """Whether `node` ends a conv or conv + BN partition (the node carrying its output qspec)."""
+    if node.target in CONV_TARGETS:
+        return True
+    if node.target is operator.getitem:  # the BN variants that return a tuple
+        node = node.args[0]
+    if node.target in BN_TARGETS:
+        src = node.args[0]
+        return isinstance(src, Node) and src.target in CONV_TARGETS and len(src.users) == 1
+    return False
+
+
+def _annotate_conv_relu6(model: GraphModule, config: QuantizationConfig) -> None:
+    """Fuse conv[+BN] -> ReLU6 into one partition: the conv output loses its qspec, the ReLU6 gets one."""
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target not in RELU6_TARGETS or Q_ANNOTATION_KEY in node.meta:
+            continue
+        src = node.args[0]
+        if not isinstance(src, Node) or len(src.users) != 1 or not _conv_partition_output(src):
+            continue
+        producer = src.meta.get(Q_ANNOTATION_KEY)
+        if producer is None or producer.output_qspec is None:
+            continue  # float conv (filtered out): leave the ReLU6 float as well
+        producer.output_qspec = None
+        node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=config.output_activation, _annotated=True)
+
+
 def _annotate_sigmoid(model: GraphModule, config: QuantizationConfig) -> None:
     for node in model.graph.nodes:
         if node.op != "call_function" or node.target not in SIGMOID_TARGETS or Q_ANNOTATION_KEY in node.meta:
@@ -100,6 +142,7 @@ class Int8SchemeQuantizer(XNNPACKQuantizer):
     def annotate(self, model: GraphModule) -> GraphModule:
         model = self._annotate_for_quantization_config(model)  # convs, adds, muls, pools
         if self.global_config is not None:
+            _annotate_conv_relu6(model, self.global_config)
             _annotate_sigmoid(model, self.global_config)
         propagate_annotation(model)  # relu / hardtanh / pool / dropout share their producer's
         _annotate_shared_range(model)
