@@ -5,7 +5,8 @@ program is fine-tuned with a small learning rate. After `freeze_bn_step` optimiz
 nodes stop updating their running statistics (the graph's batch_norm nodes switch to inference),
 and after `freeze_observer_step` the fake-quant ranges stop moving (`disable_observer`).
 With `distill` > 0 part of the loss is the KL divergence from the float model's per-pixel class
-distribution: the int8 model is pulled towards the reference it is measured against.
+distribution: the int8 model is pulled towards the reference it is measured against, and its
+dropout stays off (the teacher's is off too).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ BN_TARGETS = {
     torch.ops.aten.cudnn_batch_norm.default,
 }
 BN_TRAINING_ARG = 5  # `training` is the sixth argument of every batch_norm overload above
+DROPOUT_TARGETS = {torch.ops.aten.dropout.default, torch.ops.aten.dropout_.default}
+DROPOUT_TRAIN_ARG = 2
 
 
 def freeze_bn_stats(prepared: GraphModule) -> int:
@@ -44,6 +47,17 @@ def freeze_bn_stats(prepared: GraphModule) -> int:
             args = list(node.args)
             args[BN_TRAINING_ARG] = False
             node.args = tuple(args)
+            count += 1
+    prepared.recompile()
+    return count
+
+
+def hold_dropout(prepared: GraphModule) -> int:
+    """Make every dropout node the identity it is at inference; returns the count."""
+    count = 0
+    for node in prepared.graph.nodes:
+        if node.op == "call_function" and node.target in DROPOUT_TARGETS and node.args[DROPOUT_TRAIN_ARG]:
+            node.args = (*node.args[:DROPOUT_TRAIN_ARG], False, *node.args[DROPOUT_TRAIN_ARG + 1:])
             count += 1
     prepared.recompile()
     return count
@@ -76,6 +90,10 @@ def qat(
         for batch in batches:
             prepared(batch.to(device))
     move_exported_model_to_train(prepared)
+    if config.distill > 0:
+        # The target is the teacher in inference mode: a student that drops activations would
+        # learn to fit the teacher through the noise and drift from it once dropout is off.
+        hold_dropout(prepared)
 
     loader = DataLoader(
         train_set, batch_size=config.batch_size, drop_last=True,
