@@ -24,10 +24,12 @@ from aspp_edge.quantize import quantize
 from aspp_edge import runtime
 
 FP32_MAX_ABS = 1e-3  # fp32 artifact logits vs PyTorch float (issue threshold)
-# int8 artifact vs the PyTorch int8 program. The issue asks 0.99 agreement, and the default recipe
-# reaches it (closing note); these tiny models, trained 4 epochs, have many near-tied pixels, where
-# integer kernels' rounding (int32 accumulate + requantize vs the Q/DQ program's float conv) flips
-# about 1% of argmaxes, so the tests hold 0.98 agreement with the SQNR floor unchanged.
+# int8 artifact vs the PyTorch int8 program. The issue asks 0.99 agreement; every head trained on
+# the quick recipe (8 epochs) and the default recipe reach it (benchmarks/coreml_check.py, closing
+# note). These test models, trained 4 epochs, have more near-tied pixels, where integer kernels'
+# rounding (int32 accumulate + requantize) and Core ML's fp16 compute between Q/DQ flip argmaxes:
+# with 0.99 the slow matrix failed on sep_aspp's and sep_se_aspp's Core ML W8A8 (0.9869, 0.9894),
+# so the tests hold 0.98 agreement with the SQNR floor unchanged.
 INT8_AGREEMENT, INT8_SQNR_DB = 0.98, 25.0
 # Core ML packages (issue 6), run by Core ML on macOS and by the MIL reference interpreter elsewhere
 COREML_FP16_AGREEMENT = 0.995
