@@ -16,20 +16,15 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from aspp_edge import runtime
-from aspp_edge.calibration.report import sqnr_db
 from aspp_edge.checkpoint import load_model
 from aspp_edge.config import load_recipe
 from aspp_edge.data import build_dataset
+from aspp_edge.evaluate.metrics import logits_sqnr_db, pixel_agreement
 from aspp_edge.quantize import load_quantized
-
-
-def agreement(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a.argmax(1) == b.argmax(1)).mean())
 
 
 def main() -> None:
@@ -53,16 +48,16 @@ def main() -> None:
         with torch.no_grad():
             float_logits = model.eval()(images).numpy()
         fp16 = runtime.load(folder / "artifacts" / f"{prefix}_coreml_fp16.mlpackage")
-        row = {"head": head, "evaluated_by": fp16.evaluated_by, "fp16_vs_float": agreement(fp16.predict(images), float_logits)}
+        row = {"head": head, "evaluated_by": fp16.evaluated_by, "fp16_vs_float": pixel_agreement(fp16.predict(images), float_logits)}
         for method in ("ptq", "qat"):
             with torch.no_grad():
                 program = load_quantized(folder / "quant" / f"{prefix}_{method}_int8.pt2")(images).numpy()
             w8a8 = runtime.load(folder / "artifacts" / f"{prefix}_{method}_coreml_int8.mlpackage").predict(images)
-            row[f"{method}_vs_program"] = agreement(w8a8, program)
-            row[f"{method}_sqnr_db"] = sqnr_db(torch.from_numpy(program), torch.from_numpy(w8a8))
+            row[f"{method}_vs_program"] = pixel_agreement(w8a8, program)
+            row[f"{method}_sqnr_db"] = logits_sqnr_db(w8a8, program)
             for backend, ext in (("executorch", "pte"), ("tflite", "tflite")):
                 other = runtime.load(folder / "artifacts" / f"{prefix}_{method}_{backend}_int8.{ext}").predict(images)
-                row[f"{method}_vs_{backend}"] = agreement(w8a8, other)
+                row[f"{method}_vs_{backend}"] = pixel_agreement(w8a8, other)
         rows.append(row)
 
     print(f"\n{len(images)} val images of recipe {recipe.name!r}, Core ML by {rows[0]['evaluated_by']}\n")

@@ -63,7 +63,6 @@ def test_every_concat_and_resize_shares_one_qparam(head, head_models, quick_cali
 
 
 RELU6 = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
-CONVS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
 
 
 def _relu6_partitions(converted) -> tuple[int, list[str], list[str]]:

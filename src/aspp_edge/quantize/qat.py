@@ -27,40 +27,32 @@ from ..data import IGNORE_INDEX
 from ..distributed import init_distributed, sync_and_hash
 from ..evaluate.metrics import confusion_matrix, mean_iou
 from .ptq import export_dynamic_batch
-from .quantizers import build_quantizer
+from .quantizers import BN_TRAINING_TARGETS, build_quantizer
 
-BN_TARGETS = {
-    torch.ops.aten.batch_norm.default,
-    torch.ops.aten._native_batch_norm_legit.default,
-    torch.ops.aten.cudnn_batch_norm.default,
-}
-BN_TRAINING_ARG = 5  # `training` is the sixth argument of every batch_norm overload above
+BN_TRAINING_ARG = 5  # `training` is the sixth argument of every BN_TRAINING_TARGETS overload
 DROPOUT_TARGETS = {torch.ops.aten.dropout.default, torch.ops.aten.dropout_.default}
 DROPOUT_TRAIN_ARG = 2
 
 
-def freeze_bn_stats(prepared: GraphModule) -> int:
-    """Make every batch_norm node use (and stop updating) its running statistics; returns the count."""
+def _switch_off(prepared: GraphModule, targets: set, index: int) -> int:
+    """Set the boolean argument `index` of every `targets` node that has it on to False; returns the count."""
     count = 0
     for node in prepared.graph.nodes:
-        if node.op == "call_function" and node.target in BN_TARGETS and node.args[BN_TRAINING_ARG]:
-            args = list(node.args)
-            args[BN_TRAINING_ARG] = False
-            node.args = tuple(args)
+        if node.op == "call_function" and node.target in targets and node.args[index]:
+            node.args = (*node.args[:index], False, *node.args[index + 1:])
             count += 1
     prepared.recompile()
     return count
+
+
+def freeze_bn_stats(prepared: GraphModule) -> int:
+    """Make every batch_norm node use (and stop updating) its running statistics; returns the count."""
+    return _switch_off(prepared, BN_TRAINING_TARGETS, BN_TRAINING_ARG)
 
 
 def hold_dropout(prepared: GraphModule) -> int:
     """Make every dropout node the identity it is at inference; returns the count."""
-    count = 0
-    for node in prepared.graph.nodes:
-        if node.op == "call_function" and node.target in DROPOUT_TARGETS and node.args[DROPOUT_TRAIN_ARG]:
-            node.args = (*node.args[:DROPOUT_TRAIN_ARG], False, *node.args[DROPOUT_TRAIN_ARG + 1:])
-            count += 1
-    prepared.recompile()
-    return count
+    return _switch_off(prepared, DROPOUT_TARGETS, DROPOUT_TRAIN_ARG)
 
 
 def qat(

@@ -55,10 +55,11 @@ SHARED_RANGE_TARGETS = {
 SIGMOID_TARGETS = {torch.ops.aten.sigmoid.default}
 RELU6_TARGETS = {torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default}
 CONV_TARGETS = {torch.ops.aten.conv2d.default, torch.ops.aten.conv2d.padding, torch.ops.aten.convolution.default}
-BN_TARGETS = {
-    torch.ops.aten.batch_norm.default, torch.ops.aten._native_batch_norm_legit_no_training.default,
-    torch.ops.aten._native_batch_norm_legit.default,
+# BN overloads with a `training` argument (QAT graphs), and every BN overload
+BN_TRAINING_TARGETS = {
+    torch.ops.aten.batch_norm.default, torch.ops.aten._native_batch_norm_legit.default, torch.ops.aten.cudnn_batch_norm.default,
 }
+BN_TARGETS = BN_TRAINING_TARGETS | {torch.ops.aten._native_batch_norm_legit_no_training.default}
 SIGMOID_QSPEC = FixedQParamsQuantizationSpec(
     dtype=torch.int8, scale=1.0 / 256.0, zero_point=-128, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine
 )
