@@ -36,8 +36,10 @@ android {
         viewBinding = true
     }
     androidResources {
-        // Models are memory-mapped from the APK (LiteRT) or copied once (ExecuTorch): keep them stored.
-        noCompress += listOf("pte", "tflite")
+        // LiteRT memory-maps segmenter.tflite straight from the APK (AssetManager.openFd), which works
+        // only on entries stored uncompressed. segmenter.pte is copied into the app's files instead
+        // (ExecuTorch's Module.load takes a path), so it may stay compressed.
+        noCompress += "tflite"
     }
 }
 

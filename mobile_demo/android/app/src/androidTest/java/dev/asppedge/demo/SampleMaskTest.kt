@@ -6,19 +6,29 @@ import android.graphics.Color
 import androidx.test.ext.junit.runners.AndroidJUnit4
 import androidx.test.platform.app.InstrumentationRegistry
 import org.junit.Assert.assertEquals
+import org.junit.Assert.assertNotEquals
 import org.junit.Assert.assertTrue
-import org.junit.Assume.assumeTrue
 import org.junit.Test
 import org.junit.runner.RunWith
+import java.io.File
 
 /**
  * The bundled sample through each bundled artifact on the phone, against the mask the host demo
  * (`aspp-edge demo`, via `--for-apps`) predicted for the same artifact: pixel agreement >= 0.99
- * (phone kernels round differently from the host's; CONTRACT.md).
+ * (phone kernels round differently from the host's; CONTRACT.md). Every test needs the assets that
+ * `--for-apps` writes and fails without them, naming the command (nothing passes having checked nothing).
  */
 @RunWith(AndroidJUnit4::class)
 class SampleMaskTest {
     private val context = InstrumentationRegistry.getInstrumentation().targetContext
+
+    /** Fails, with the command that installs the assets, unless `backend` is bundled. */
+    private fun requireBundled(backend: String) {
+        val installed = Assets.installed(context)
+        val what = if (installed.isEmpty()) "no models are bundled (app/src/main/assets has no ${Assets.INDEX})"
+        else "${Assets.INDEX} lists ${installed.sorted()}, not $backend"
+        assertTrue("$what; install them ${Assets.INSTALL}", backend in installed)
+    }
 
     private fun bitmap(name: String): Bitmap {
         val options = BitmapFactory.Options().apply { inScaled = false; inPreferredConfig = Bitmap.Config.ARGB_8888 }
@@ -45,23 +55,36 @@ class SampleMaskTest {
 
     @Test
     fun executorchMatchesHostDemo() {
-        assumeTrue("no .pte bundled", "executorch" in Assets.installed(context))
+        requireBundled("executorch")
         ExecuTorchSegmenter(context).use { check(it, Assets.PTE_EXPECTED_MASK) }
     }
 
     @Test
     fun litertMatchesHostDemo() {
-        assumeTrue("no .tflite bundled", "tflite" in Assets.installed(context))
+        requireBundled("tflite")
         LiteRtSegmenter(context).use { check(it, Assets.TFLITE_EXPECTED_MASK) }
     }
 
     @Test
     fun manifestsFollowTheContract() {
-        for (name in listOf(Assets.PTE_MANIFEST, Assets.TFLITE_MANIFEST)) {
-            if (name !in (context.assets.list("") ?: emptyArray())) continue
+        val manifests = mapOf("executorch" to Assets.PTE_MANIFEST, "tflite" to Assets.TFLITE_MANIFEST)
+        for ((backend, name) in manifests) {
+            requireBundled(backend)
             val m = ArtifactManifest.parse(Assets.text(context, name))
             assertEquals(m.labels.size, m.classes)
             assertEquals(m.colors.size, m.labels.size)
+            assertTrue("sha256 of $name: ${m.sha256}", Regex("[0-9a-f]{64}").matches(m.sha256))
         }
+    }
+
+    /** A copy left by an older install (other bytes) is replaced by the bundled model, not run. */
+    @Test
+    fun aStaleModelCopyIsReplaced() {
+        requireBundled("executorch")
+        val m = ArtifactManifest.parse(Assets.text(context, Assets.PTE_MANIFEST))
+        val stale = File(context.filesDir, Assets.PTE).apply { writeBytes(byteArrayOf(1, 2, 3)) }
+        assertNotEquals(m.sha256, Assets.sha256(stale))
+        val copy = Assets.modelFile(context, Assets.PTE, m.sha256)
+        assertEquals(m.sha256, Assets.sha256(copy))
     }
 }

@@ -20,6 +20,7 @@ data class Box(val x: Int, val y: Int, val w: Int, val h: Int)
 
 data class ArtifactManifest(
     val artifact: String,
+    val sha256: String,
     val backend: String,
     val precision: String,
     val method: String,
@@ -55,6 +56,7 @@ data class ArtifactManifest(
             val labels = m.getJSONArray("labels")
             return ArtifactManifest(
                 artifact = m.getString("artifact"),
+                sha256 = m.getString("sha256"),
                 backend = m.getString("backend"),
                 precision = m.getString("precision"),
                 method = m.getString("method"),

@@ -6,38 +6,46 @@ import android.graphics.Bitmap
 import android.graphics.BitmapFactory
 import android.graphics.ImageDecoder
 import android.graphics.Matrix
+import android.net.Uri
 import android.os.Bundle
+import android.util.Log
 import android.view.View
 import androidx.activity.result.PickVisualMediaRequest
 import androidx.activity.result.contract.ActivityResultContracts
 import androidx.appcompat.app.AppCompatActivity
 import androidx.camera.core.CameraSelector
 import androidx.camera.core.ImageAnalysis
+import androidx.camera.core.ImageProxy
 import androidx.camera.core.Preview
 import androidx.camera.lifecycle.ProcessCameraProvider
 import androidx.core.content.ContextCompat
 import dev.asppedge.demo.databinding.ActivityMainBinding
 import java.util.concurrent.ExecutorService
 import java.util.concurrent.Executors
+import java.util.concurrent.TimeUnit
+import kotlin.concurrent.thread
 
 /**
  * Pick an image (or the bundled sample, or the live camera), segment it with the .pte in
  * ExecuTorch or the .tflite in LiteRT, show the overlay, the legend and the latency.
+ *
+ * Threads: the UI thread only reads the controls and shows results. Decoding, segmenter creation
+ * and every segmentation run on `worker` (one thread, so the runtimes are never used concurrently);
+ * onDestroy closes the runtimes only after the worker has terminated.
  */
 class MainActivity : AppCompatActivity() {
     private lateinit var ui: ActivityMainBinding
-    private val segmenters = mutableMapOf<String, Segmenter>()
+    private val segmenters = mutableMapOf<String, Segmenter>() // used on `worker`, closed after it terminates
     private val worker: ExecutorService = Executors.newSingleThreadExecutor()
     private var cameraProvider: ProcessCameraProvider? = null
+    private var analysis: ImageAnalysis? = null
+
+    /** "executorch" or "tflite": set on the UI thread, read on the worker. */
+    @Volatile
+    private var runtimeKey = "executorch"
 
     private val pickImage = registerForActivityResult(ActivityResultContracts.PickVisualMedia()) { uri ->
-        if (uri != null) {
-            val source = ImageDecoder.createSource(contentResolver, uri) // applies the EXIF orientation
-            val bitmap = ImageDecoder.decodeBitmap(source) { decoder, _, _ ->
-                decoder.allocator = ImageDecoder.ALLOCATOR_SOFTWARE // getPixels needs a software bitmap
-            }
-            segmentAndShow(bitmap.copy(Bitmap.Config.ARGB_8888, false))
-        }
+        if (uri != null) segmentAndShow("picked image") { decode(uri) }
     }
 
     private val askCamera = registerForActivityResult(ActivityResultContracts.RequestPermission()) { granted ->
@@ -57,8 +65,12 @@ class MainActivity : AppCompatActivity() {
         ui.useExecutorch.isEnabled = "executorch" in installed
         ui.useLitert.isEnabled = "tflite" in installed
         if ("executorch" !in installed) ui.useLitert.isChecked = true
+        runtimeKey = if (ui.useLitert.isChecked) "tflite" else "executorch"
+        ui.runtime.setOnCheckedChangeListener { _, checkedId ->
+            runtimeKey = if (checkedId == R.id.use_litert) "tflite" else "executorch"
+        }
 
-        ui.sample.setOnClickListener { segmentAndShow(loadSample()) }
+        ui.sample.setOnClickListener { segmentAndShow("sample") { loadSample() } }
         ui.pick.setOnClickListener {
             pickImage.launch(PickVisualMediaRequest(ActivityResultContracts.PickVisualMedia.ImageOnly))
         }
@@ -67,42 +79,76 @@ class MainActivity : AppCompatActivity() {
             else if (ContextCompat.checkSelfPermission(this, Manifest.permission.CAMERA) == PackageManager.PERMISSION_GRANTED) startCamera()
             else askCamera.launch(Manifest.permission.CAMERA)
         }
-        segmentAndShow(loadSample())
+        segmentAndShow("sample") { loadSample() }
     }
 
+    /** Runs on the worker. */
     private fun loadSample(): Bitmap {
         val options = BitmapFactory.Options().apply { inScaled = false; inPreferredConfig = Bitmap.Config.ARGB_8888 }
         return assets.open(Assets.SAMPLE).use { BitmapFactory.decodeStream(it, null, options)!! }
     }
 
+    /** Runs on the worker: decoding a phone photo takes long enough to freeze the UI. */
+    private fun decode(uri: Uri): Bitmap {
+        val source = ImageDecoder.createSource(contentResolver, uri) // applies the EXIF orientation
+        val bitmap = ImageDecoder.decodeBitmap(source) { decoder, _, _ ->
+            decoder.allocator = ImageDecoder.ALLOCATOR_SOFTWARE // getPixels needs a software bitmap
+        }
+        return bitmap.copy(Bitmap.Config.ARGB_8888, false)
+    }
+
+    /** Runs on the worker: creates the chosen runtime's segmenter on first use. */
     private fun current(): Segmenter {
-        val key = if (ui.useLitert.isChecked) "tflite" else "executorch"
-        return segmenters.getOrPut(key) {
-            if (key == "tflite") LiteRtSegmenter(this) else ExecuTorchSegmenter(this)
+        val key = runtimeKey
+        return synchronized(segmenters) {
+            segmenters.getOrPut(key) { if (key == "tflite") LiteRtSegmenter(this) else ExecuTorchSegmenter(this) }
         }
     }
 
-    private fun segmentAndShow(image: Bitmap) {
-        worker.execute {
-            val segmenter = synchronized(segmenters) { current() }
+    private fun segmentAndShow(what: String, load: () -> Bitmap) = worker.execute { segmentHere(what, load) }
+
+    /** Runs on the worker: decode (`load`), segment and overlay here; show the result on the UI thread. */
+    private fun segmentHere(what: String, load: () -> Bitmap) {
+        try {
+            val image = load()
+            val segmenter = current()
             val result = segmenter.segment(image)
             val shown = Contract.overlay(image, result.mask, segmenter.manifest.colors)
             val legend = legendText(result.mask, segmenter.manifest)
-            runOnUiThread {
+            val m = segmenter.manifest
+            val status = "${segmenter.runtimeName} ${m.precision}${if (m.method != "none") " " + m.method else ""}, $what: " +
+                "%.1f ms (%dx%d input)".format(result.latencyMs, m.width, m.height)
+            show {
                 ui.overlay.setImageBitmap(shown)
                 ui.legend.text = legend
-                val m = segmenter.manifest
-                ui.status.text = "${segmenter.runtimeName} ${m.precision}${if (m.method != "none") " " + m.method else ""}: " +
-                    "%.1f ms (%dx%d input)".format(result.latencyMs, m.width, m.height)
+                ui.status.text = status
             }
+        } catch (e: Exception) {
+            Log.e(TAG, "cannot segment the $what", e)
+            show { ui.status.text = "cannot segment the $what: ${e.message}" }
         }
     }
+
+    /** On the UI thread, unless the activity is gone by then. */
+    private fun show(update: () -> Unit) = runOnUiThread { if (!isDestroyed) update() }
 
     private fun legendText(mask: ByteArray, m: ArtifactManifest): String {
         val counts = IntArray(m.classes)
         for (v in mask) counts[v.toInt() and 0xFF]++
         return counts.indices.filter { counts[it] > 0 }.sortedByDescending { counts[it] }
             .joinToString("   ") { "■ ${m.labels[it]} %.0f%%".format(100.0 * counts[it] / mask.size) }
+    }
+
+    /** A camera frame as an upright bitmap, as the user holds the phone (the sensor's frames are rotated). */
+    private fun upright(frame: ImageProxy): Bitmap {
+        try {
+            val rotation = frame.imageInfo.rotationDegrees
+            val raw = frame.toBitmap()
+            return if (rotation == 0) raw else
+                Bitmap.createBitmap(raw, 0, 0, raw.width, raw.height, Matrix().apply { postRotate(rotation.toFloat()) }, true)
+        } finally {
+            frame.close()
+        }
     }
 
     private fun startCamera() {
@@ -112,39 +158,47 @@ class MainActivity : AppCompatActivity() {
             val provider = future.get()
             cameraProvider = provider
             val preview = Preview.Builder().build().also { it.setSurfaceProvider(ui.preview.surfaceProvider) }
-            val analysis = ImageAnalysis.Builder()
+            val frames = ImageAnalysis.Builder()
                 .setBackpressureStrategy(ImageAnalysis.STRATEGY_KEEP_ONLY_LATEST)
                 .setOutputImageFormat(ImageAnalysis.OUTPUT_IMAGE_FORMAT_RGBA_8888)
                 .build()
-            analysis.setAnalyzer(worker) { frame ->
-                val rotation = frame.imageInfo.rotationDegrees
-                val raw = frame.toBitmap()
-                frame.close()
-                // upright, as the user holds the phone (the sensor's frames are rotated)
-                val bitmap = if (rotation == 0) raw else
-                    Bitmap.createBitmap(raw, 0, 0, raw.width, raw.height, Matrix().apply { postRotate(rotation.toFloat()) }, true)
-                val segmenter = synchronized(segmenters) { current() }
-                val result = segmenter.segment(bitmap)
-                val shown = Contract.overlay(bitmap, result.mask, segmenter.manifest.colors)
-                runOnUiThread {
-                    ui.overlay.setImageBitmap(shown)
-                    ui.status.text = "${segmenter.runtimeName} camera: %.1f ms".format(result.latencyMs)
-                }
-            }
+            // the analyzer runs on the worker, like every other segmentation
+            frames.setAnalyzer(worker) { frame -> segmentHere("camera") { upright(frame) } }
+            analysis = frames
             provider.unbindAll()
-            provider.bindToLifecycle(this, CameraSelector.DEFAULT_BACK_CAMERA, preview, analysis)
+            provider.bindToLifecycle(this, CameraSelector.DEFAULT_BACK_CAMERA, preview, frames)
         }, ContextCompat.getMainExecutor(this))
     }
 
     private fun stopCamera() {
+        analysis?.clearAnalyzer() // no more frames handed to the worker
+        analysis = null
         cameraProvider?.unbindAll()
         ui.preview.visibility = View.GONE
     }
 
     override fun onDestroy() {
-        stopCamera()
+        if (::ui.isInitialized) stopCamera()
+        // Nothing new starts on the worker; what is queued or running finishes. The runtimes are closed
+        // only once the worker has terminated: ExecuTorch's Module.destroy() does not free a module while
+        // it runs, and LiteRT's Interpreter.close() frees what a running run() still uses. The wait is on
+        // a thread of its own so that a long segmentation does not hold up the UI thread.
         worker.shutdown()
-        segmenters.values.forEach { it.close() }
+        thread(name = "close-segmenters") {
+            if (worker.awaitTermination(CLOSE_TIMEOUT_S, TimeUnit.SECONDS)) {
+                synchronized(segmenters) {
+                    segmenters.values.forEach { it.close() }
+                    segmenters.clear()
+                }
+            } else {
+                Log.w(TAG, "worker still busy after $CLOSE_TIMEOUT_S s; its runtimes are left to the garbage collector")
+            }
+        }
         super.onDestroy()
+    }
+
+    private companion object {
+        const val TAG = "AsppEdgeDemo"
+        const val CLOSE_TIMEOUT_S = 60L
     }
 }

@@ -9,8 +9,12 @@ import org.pytorch.executorch.Module
 import org.pytorch.executorch.Tensor
 import org.tensorflow.lite.Interpreter
 import java.io.File
+import java.io.InputStream
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
+import java.nio.MappedByteBuffer
+import java.nio.channels.FileChannel
+import java.security.MessageDigest
 
 /** File names written by `aspp-edge export --for-apps` into app/src/main/assets (see CONTRACT.md). */
 object Assets {
@@ -23,6 +27,10 @@ object Assets {
     const val TFLITE_EXPECTED_MASK = "segmenter.tflite.expected_mask.png"
     const val INDEX = "apps.json"
 
+    /** What writes these assets (mobile_demo/README.md, section 1), for messages and the tests. */
+    const val INSTALL = "from the repository root: .venv/bin/aspp-edge run --recipe default --out runs/default " +
+        "--for-apps mobile_demo (or aspp-edge export ... --for-apps mobile_demo), then reinstall the app"
+
     /** Backends present in this build's assets, from apps.json (written with the artifacts). */
     fun installed(context: Context): Set<String> {
         val names = context.assets.list("")?.toSet() ?: emptySet()
@@ -31,14 +39,54 @@ object Assets {
         return index.getJSONObject("artifacts").keys().asSequence().toSet()
     }
 
-    /** Assets are inside the APK; runtimes want a file path, so copy once into the app's files. */
-    fun file(context: Context, name: String): File {
+    /**
+     * The bundled model `name` as a file in the app's files directory, for ExecuTorch (`Module.load`
+     * takes a path, not an asset). The copy is made again whenever its SHA-256 differs from the
+     * manifest's `sha256`: after `installDebug` with new assets the old copy is replaced, never run.
+     */
+    fun modelFile(context: Context, name: String, expectedSha256: String): File {
         val out = File(context.filesDir, name)
-        if (!out.exists() || out.length() == 0L) {
-            context.assets.open(name).use { input -> out.outputStream().use { input.copyTo(it) } }
+        if (out.isFile && sha256(out) == expectedSha256) return out
+        val tmp = File(context.filesDir, "$name.partial")
+        context.assets.open(name).use { input -> tmp.outputStream().use { input.copyTo(it) } }
+        val copied = sha256(tmp)
+        if (copied != expectedSha256) {
+            tmp.delete()
+            error("$name in the APK has SHA-256 $copied, its manifest says $expectedSha256: reinstall the assets ($INSTALL)")
         }
+        check(tmp.renameTo(out)) { "cannot move $tmp to $out" }
         return out
     }
+
+    /**
+     * The bundled model `name` memory-mapped straight from the APK, for LiteRT (its Interpreter takes
+     * a MappedByteBuffer). `openFd` works only on assets stored uncompressed: app/build.gradle.kts
+     * lists the extension in `noCompress`. Checked against the manifest's `sha256` too.
+     */
+    fun mapped(context: Context, name: String, expectedSha256: String): MappedByteBuffer {
+        val fd = context.assets.openFd(name)
+        val buffer = fd.createInputStream().use { it.channel.map(FileChannel.MapMode.READ_ONLY, fd.startOffset, fd.declaredLength) }
+        val actual = hex(MessageDigest.getInstance("SHA-256").apply { update(buffer.duplicate()) }.digest())
+        check(actual == expectedSha256) {
+            "$name in the APK has SHA-256 $actual, its manifest says $expectedSha256: reinstall the assets ($INSTALL)"
+        }
+        return buffer
+    }
+
+    fun sha256(file: File): String = file.inputStream().use { sha256(it) }
+
+    private fun sha256(input: InputStream): String {
+        val digest = MessageDigest.getInstance("SHA-256")
+        val chunk = ByteArray(1 shl 16)
+        while (true) {
+            val n = input.read(chunk)
+            if (n < 0) break
+            digest.update(chunk, 0, n)
+        }
+        return hex(digest.digest())
+    }
+
+    private fun hex(bytes: ByteArray): String = bytes.joinToString("") { "%02x".format(it) }
 
     fun text(context: Context, name: String): String = context.assets.open(name).bufferedReader().use { it.readText() }
 }
@@ -65,10 +113,14 @@ abstract class Segmenter(val manifest: ArtifactManifest) : AutoCloseable {
     }
 }
 
-/** `.pte` through ExecuTorch's Android Module API (XNNPACK delegate inside the program). */
+/**
+ * `.pte` through ExecuTorch's Android Module API (XNNPACK delegate inside the program). Module.load
+ * takes a file path, so the model runs from a copy in the app's files (Assets.modelFile), mmapped.
+ */
 class ExecuTorchSegmenter(context: Context) : Segmenter(ArtifactManifest.parse(Assets.text(context, Assets.PTE_MANIFEST))) {
     override val runtimeName = "ExecuTorch"
-    private val module: Module = Module.load(Assets.file(context, Assets.PTE).absolutePath)
+    private val module: Module =
+        Module.load(Assets.modelFile(context, Assets.PTE, manifest.sha256).absolutePath, Module.LOAD_MODE_MMAP)
 
     init {
         require(manifest.inputQuantization == null) { "the .pte takes float32 input (its quantize ops are inside the program)" }
@@ -83,11 +135,15 @@ class ExecuTorchSegmenter(context: Context) : Segmenter(ArtifactManifest.parse(A
     override fun close() = module.destroy()
 }
 
-/** `.tflite` through LiteRT's Interpreter (XNNPACK is its default CPU delegate). */
+/**
+ * `.tflite` through LiteRT's Interpreter (XNNPACK is its default CPU delegate), memory-mapped
+ * straight from the APK (Assets.mapped): no copy.
+ */
 class LiteRtSegmenter(context: Context, threads: Int = 4) :
     Segmenter(ArtifactManifest.parse(Assets.text(context, Assets.TFLITE_MANIFEST))) {
     override val runtimeName = "LiteRT"
-    private val interpreter = Interpreter(Assets.file(context, Assets.TFLITE), Interpreter.Options().setNumThreads(threads))
+    private val interpreter =
+        Interpreter(Assets.mapped(context, Assets.TFLITE, manifest.sha256), Interpreter.Options().setNumThreads(threads))
 
     override fun logits(input: InputTensor): FloatArray {
         val inBuffer = if (input.floats != null) {
