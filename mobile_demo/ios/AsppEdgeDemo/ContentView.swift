@@ -15,7 +15,7 @@ struct ContentView: View {
     @State private var shown: CGImage?
     @State private var status = ""
     @State private var legend = ""
-    @State private var segmenters: [Runtime: Segmenter] = [:]
+    @State private var segmenters: [Runtime: MaskSegmenter] = [:]
 
     var body: some View {
         VStack(spacing: 8) {
@@ -60,9 +60,9 @@ struct ContentView: View {
         }
     }
 
-    private func segmenter() throws -> Segmenter {
+    private func segmenter() throws -> MaskSegmenter {
         if let s = segmenters[runtime] { return s }
-        let s: Segmenter = runtime == .coreml ? try CoreMLSegmenter() : try ExecuTorchSegmenter()
+        let s: MaskSegmenter = runtime == .coreml ? try CoreMLSegmenter() : try ExecuTorchSegmenter()
         segmenters[runtime] = s
         return s
     }

@@ -47,14 +47,17 @@ struct SegmentationResult {
     let latencyMs: Double
 }
 
-protocol Segmenter {
+/// One artifact behind the contract. Not named `Segmenter`: Xcode generates a Swift class named after
+/// each bundled model (`Segmenter`, `SegmenterInput`, `SegmenterOutput` for Segmenter.mlpackage), and
+/// a type of ours with one of those names would not compile. tests/test_app_sources.py checks this.
+protocol MaskSegmenter {
     var manifest: ArtifactManifest { get }
     var runtimeName: String { get }
     /// Logits (NCHW or NHWC per the manifest) for one letterboxed image.
     func logits(_ image: RGBImage) throws -> [Float]
 }
 
-extension Segmenter {
+extension MaskSegmenter {
     func segment(_ image: CGImage) throws -> SegmentationResult {
         let m = manifest
         let box = Contract.letterboxBox(width: image.width, height: image.height, toWidth: m.width, toHeight: m.height)
@@ -70,7 +73,7 @@ extension Segmenter {
 
 /// The .mlpackage through Vision: its ImageType input takes the letterboxed pixels (the model
 /// normalizes them), `.scaleFill` leaves an input-sized image as it is.
-final class CoreMLSegmenter: Segmenter {
+final class CoreMLSegmenter: MaskSegmenter {
     let manifest: ArtifactManifest
     let runtimeName = "Core ML"
     private let model: VNCoreMLModel
@@ -124,7 +127,7 @@ final class CoreMLSegmenter: Segmenter {
 }
 
 /// The .pte through ExecuTorch's Swift API (XNNPACK backend linked into the app).
-final class ExecuTorchSegmenter: Segmenter {
+final class ExecuTorchSegmenter: MaskSegmenter {
     let manifest: ArtifactManifest
     let runtimeName = "ExecuTorch"
     private let module: Module
@@ -143,6 +146,8 @@ final class ExecuTorchSegmenter: Segmenter {
         guard let tensor: Tensor<Float> = outputs.first?.tensor() else {
             throw SegmenterError.output("forward returned no float tensor")
         }
-        return tensor.scalars()
+        // ExecuTorch's iOS guide shows scalars() both with and without `try`: with it, this compiles either
+        // way (a warning at worst); without it, a throwing scalars() would not compile.
+        return try tensor.scalars()
     }
 }

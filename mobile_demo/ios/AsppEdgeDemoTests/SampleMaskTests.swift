@@ -6,8 +6,28 @@ import XCTest
 /// The bundled sample through each bundled artifact on the device, against the mask the host demo
 /// (`aspp-edge demo`, via `--for-apps`) predicted for the same artifact: pixel agreement >= 0.99
 /// (the Neural Engine and GPU round differently from the host; CONTRACT.md). On Linux the Core ML
-/// expected mask comes from aspp-edge's MIL reference interpreter (apps.json says so).
+/// expected mask comes from aspp-edge's MIL reference interpreter (apps.json says so). Every test
+/// needs the models `--for-apps` writes and fails without them, naming the command that installs them.
 final class SampleMaskTests: XCTestCase {
+    /// What writes AsppEdgeDemo/Models (mobile_demo/README.md, section 1).
+    static let install = "from the repository root: .venv/bin/aspp-edge run --recipe default --out runs/default "
+        + "--for-apps mobile_demo (or aspp-edge export ... --for-apps mobile_demo), then xcodegen generate and test again"
+
+    struct NotBundled: Error, CustomStringConvertible, LocalizedError {
+        let description: String
+        var errorDescription: String? { description }
+    }
+
+    /// Throws (the test fails), with the command that installs the models, unless `backend` is bundled.
+    private func requireBundled(_ backend: String) throws {
+        let installed = Assets.installed
+        guard installed.contains(backend) else {
+            let what = installed.isEmpty ? "no models are bundled (AsppEdgeDemo/Models has no \(Assets.index))"
+                : "\(Assets.index) lists \(installed.sorted()), not \(backend)"
+            throw NotBundled(description: "\(what); install them \(Self.install)")
+        }
+    }
+
     private func expectedMask(_ file: String) throws -> [UInt8] {
         let image = try XCTUnwrap(Assets.image(file), "\(file) not bundled")
         var grey = [UInt8](repeating: 0, count: image.width * image.height)
@@ -22,7 +42,7 @@ final class SampleMaskTests: XCTestCase {
         return grey
     }
 
-    private func check(_ segmenter: Segmenter, expected file: String) throws {
+    private func check(_ segmenter: MaskSegmenter, expected file: String) throws {
         let sample = try XCTUnwrap(Assets.sample(), "sample.png not bundled")
         XCTAssertEqual(sample.width, segmenter.manifest.width)
         XCTAssertEqual(sample.height, segmenter.manifest.height)
@@ -33,27 +53,31 @@ final class SampleMaskTests: XCTestCase {
     }
 
     func testCoreMLMatchesHostDemo() throws {
-        try XCTSkipUnless(Assets.installed.contains("coreml"), "no .mlpackage bundled")
+        try requireBundled("coreml")
         try check(CoreMLSegmenter(), expected: Assets.coremlExpectedMask)
     }
 
     func testCoreMLOnCPUMatchesHostDemo() throws {
-        try XCTSkipUnless(Assets.installed.contains("coreml"), "no .mlpackage bundled")
+        try requireBundled("coreml")
         try check(CoreMLSegmenter(computeUnits: .cpuOnly), expected: Assets.coremlExpectedMask)
     }
 
     func testExecuTorchMatchesHostDemo() throws {
-        try XCTSkipUnless(Assets.installed.contains("executorch"), "no .pte bundled")
+        try requireBundled("executorch")
         try check(ExecuTorchSegmenter(), expected: Assets.pteExpectedMask)
     }
 
     func testLatencyMetrics() throws {
-        try XCTSkipUnless(Assets.installed.contains("coreml"), "no .mlpackage bundled")
+        try requireBundled("coreml")
         let segmenter = try CoreMLSegmenter()
         let sample = try XCTUnwrap(Assets.sample())
         _ = try segmenter.segment(sample)  // compile and warm up outside the measurement
         measure(metrics: [XCTClockMetric(), XCTMemoryMetric()]) {
-            _ = try? segmenter.segment(sample)
+            do {
+                _ = try segmenter.segment(sample)
+            } catch {
+                XCTFail("segmenting the sample failed while measuring: \(error)")  // not timed as a success
+            }
         }
     }
 }
