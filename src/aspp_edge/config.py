@@ -34,10 +34,24 @@ class ModelConfig:
     head_channels: int | None = None
     dropout: float = 0.1
     backbone_weights: str | None = None
+    # A brought model instead of a built-in head (models/brought.py): torchvision:NAME, smp:ARCH or
+    # module.path:callable, its factory's keyword arguments, and an optional state dict file.
+    # With `source` set, the built-in fields above are not used.
+    source: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         from .models.registry import BACKBONES, DECODERS, HEADS
         from .models import segmenter  # noqa: F401  (fills the registries)
+
+        if self.source is not None:
+            from .models.brought import parse_spec
+
+            parse_spec(self.source)
+        elif self.args or self.weights:
+            raise ConfigError("model.args and model.weights belong to a brought model: set model.source too "
+                              "(torchvision:NAME, smp:ARCH or module.path:callable)")
 
         for kind, registry, value in (("model.head", HEADS, self.head), ("model.backbone", BACKBONES, self.backbone),
                                       ("model.decoder", DECODERS, self.decoder)):
@@ -103,9 +117,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise choices_error("train.optimizer", self.optimizer, OPTIMIZERS)
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} {getattr(self, key)!r} must be >= 1")
+        if self.epochs < 0:
+            raise ConfigError(f"train.epochs {self.epochs!r} must be >= 0 (0: use the model's weights as they are)")
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size {self.batch_size!r} must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"train.lr {self.lr!r} must be > 0")
         if self.num_workers < 0:
@@ -207,6 +222,8 @@ class Recipe:
     qat: QATConfig = field(default_factory=QATConfig)
 
     def __post_init__(self) -> None:
+        if self.model.source is not None:
+            return  # a brought model: its own strides; build_brought checks it on the recipe's resolution
         os_ = self.model.output_stride
         if self.data.resolution % os_:
             raise ConfigError(
@@ -293,6 +310,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"recipe key {key!r} must be a mapping, got {value!r}")
         return _build(tp, value, key + ".")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"recipe key {key!r} must be a mapping with string keys, got {value!r}")
+        return dict(value)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
