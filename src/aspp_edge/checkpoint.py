@@ -10,7 +10,7 @@ import torch
 from .config import Recipe, recipe_differences
 from .errors import CheckpointError
 from .fileio import atomic_path
-from .models import Segmenter, create_model
+from .models import model_from_recipe
 
 FORMAT = "aspp-edge-checkpoint/1"
 
@@ -35,12 +35,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-MODEL_KEYS = ["model.head", "model.backbone", "model.decoder", "model.output_stride", "model.width_mult", "model.head_channels"]
+MODEL_KEYS = ["model.head", "model.backbone", "model.decoder", "model.output_stride", "model.width_mult", "model.head_channels",
+              "model.source"]
 
 
 def _recipe_differences(saved: dict[str, Any], wanted: Recipe) -> list[str]:
     """Model-defining fields that differ between a checkpoint's recipe and `wanted`."""
     diffs = recipe_differences(saved, wanted, MODEL_KEYS)
+    if wanted.model.source and saved.get("model", {}).get("args", {}) != wanted.model.args:
+        diffs.append(f"model.args: checkpoint {saved.get('model', {}).get('args', {})!r}, recipe {wanted.model.args!r}")
     try:
         saved_classes = Recipe.from_dict(saved).num_classes
     except Exception:  # an older or hand-edited recipe: the tensors' check below still applies
@@ -72,7 +75,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     model.load_state_dict(state)
 
 
-def load_model(path: str | Path, recipe: Recipe | None = None) -> tuple[Segmenter, Recipe, dict[str, Any]]:
+def load_model(path: str | Path, recipe: Recipe | None = None) -> tuple[torch.nn.Module, Recipe, dict[str, Any]]:
     """Rebuild the float model from a checkpoint. With `recipe`, refuse a checkpoint made for another model."""
     ckpt = read_checkpoint(path)
     if recipe is not None:
@@ -81,8 +84,6 @@ def load_model(path: str | Path, recipe: Recipe | None = None) -> tuple[Segmente
             raise CheckpointError(f"checkpoint {str(path)!r} does not match recipe {recipe.name!r}: " + "; ".join(diffs))
     else:
         recipe = Recipe.from_dict(ckpt["recipe"])
-    kwargs = recipe.model_kwargs()
-    kwargs["backbone_weights"] = None  # the checkpoint holds every weight
-    model = create_model(recipe.model.head, **kwargs)
+    model = model_from_recipe(recipe, load_weights=False, check=False)  # the checkpoint holds every weight
     load_state(model, ckpt["state_dict"], repr(str(path)))
     return model.eval(), recipe, ckpt

@@ -36,19 +36,87 @@ def _cmd_list(args: argparse.Namespace) -> None:
         print(f"{name:<12} {s.params / 1e6:>10.4f} {s.macs / 1e9:>8.4f} {s.head_params / 1e6:>16.4f} {s.head_macs / 1e9:>11.4f}")
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
+def _model_entries(args: argparse.Namespace) -> list:
+    """--model values (a spec, comma-separated specs, or a YAML mapping {source, args, weights}),
+    with --model-arg KEY=VALUE and --weights applied to the one model they can belong to."""
+    import yaml
+
+    from .errors import ConfigError
+
+    entries: list = []
+    for value in args.model or []:
+        if value.lstrip().startswith("{"):
+            try:
+                entry = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"--model {value!r} is not a YAML mapping ({exc}); e.g. '{{source: smp:Unet, args: {{encoder_depth: 3}}}}'") from exc
+            if not isinstance(entry, dict):
+                raise ConfigError(f"--model {value!r} is not a YAML mapping; e.g. '{{source: smp:Unet, args: {{encoder_depth: 3}}}}'")
+            entries.append(entry)
+        else:
+            entries += [{"source": s.strip()} for s in value.split(",") if s.strip()]
+    extra_args = {}
+    for item in args.model_arg or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--model-arg {item!r} is not KEY=VALUE (VALUE is read as YAML: 3, null, mobilenet_v2, [6, 12])")
+        try:
+            extra_args[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--model-arg {item!r}: VALUE is not YAML ({exc})") from exc
+    if (extra_args or args.weights) and len(entries) != 1:
+        raise ConfigError(f"--model-arg and --weights apply to exactly one --model; got {len(entries)} models "
+                          "(give several models as YAML mappings: --model '{source: ..., args: {...}, weights: ...}')")
+    if entries:
+        entries[0] = {**entries[0], "args": {**(entries[0].get("args") or {}), **extra_args}}
+        if args.weights:
+            entries[0]["weights"] = args.weights
+    return entries
+
+
+def _recipe(args: argparse.Namespace):
+    """The --recipe, with its model replaced by the one --model names (train, quantize, export)."""
     from .config import load_recipe
+    from .errors import ConfigError
+
+    recipe = load_recipe(args.recipe)
+    entries = _model_entries(args)
+    if len(entries) > 1:
+        raise ConfigError(f"{args.command} takes one --model; got {len(entries)} ({', '.join(str(e.get('source')) for e in entries)}); "
+                          "`aspp-edge run` compares several")
+    if entries:
+        e = entries[0]
+        unknown = sorted(set(e) - {"source", "args", "weights"})
+        if unknown or "source" not in e:
+            raise ConfigError(f"--model entry {e!r} is not valid; valid keys: source (required), args, weights")
+        recipe = recipe.replace(model={"source": e["source"], "args": e.get("args") or {}, "weights": e.get("weights")})
+    return recipe
+
+
+def _float_checkpoint(args: argparse.Namespace, recipe) -> str:
+    """--checkpoint, or, for --model without one, the model's weights as they are (epochs 0) saved as OUT/float.pt."""
+    from .errors import ConfigError
     from .train import train
 
-    train(load_recipe(args.recipe), args.out, resume=args.resume, device=args.device)
+    if args.checkpoint:
+        return args.checkpoint
+    if not args.model:
+        raise ConfigError(f"{args.command} needs --checkpoint (float.pt), or --model SPEC [--weights FILE] to use a model as it is")
+    return str(train(recipe.replace(train={"epochs": 0}), args.out).checkpoint)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .train import train
+
+    train(_recipe(args), args.out, resume=args.resume, device=args.device)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> None:
-    from .config import load_recipe
     from .quantize.job import quantize_checkpoint
 
+    recipe = _recipe(args)
     r = quantize_checkpoint(
-        load_recipe(args.recipe), args.checkpoint, args.method, args.out, observer=args.observer, cle=args.cle,
+        recipe, _float_checkpoint(args, recipe), args.method, args.out, observer=args.observer, cle=args.cle,
         calib_size=args.calib_size, per_channel=args.per_channel,
     )
     print("worst layers (cumulative SQNR of each quantized tensor vs float):")
@@ -62,8 +130,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from .export import BACKENDS, export, from_checkpoint, from_quantized
     from .errors import ConfigError, choices_error
 
-    if not args.checkpoint and not args.quantized:
-        raise ConfigError("export needs --checkpoint (float.pt) and/or --quantized (NAME_int8.pt2)")
+    if not args.checkpoint and not args.quantized and not args.model:
+        raise ConfigError("export needs --checkpoint (float.pt) and/or --quantized (NAME_int8.pt2), or --model SPEC [--weights FILE]")
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     for b in backends:
         if b not in BACKENDS:
@@ -72,7 +140,11 @@ def _cmd_export(args: argparse.Namespace) -> None:
         from .apps import check_app_root
 
         check_app_root(args.for_apps)
-    source = from_checkpoint(args.checkpoint) if args.checkpoint else None
+    if args.model:
+        recipe = _recipe(args)
+        source = from_checkpoint(_float_checkpoint(args, recipe), recipe)
+    else:
+        source = from_checkpoint(args.checkpoint) if args.checkpoint else None
     if args.quantized:
         source = from_quantized(args.quantized, source)
     written = []
@@ -105,7 +177,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from .evaluate.report import table
     from .pipeline import run
 
-    s = run(load_recipe(args.recipe), args.out, heads=args.heads, backends=args.backends, methods=args.methods, threads=args.threads,
+    s = run(load_recipe(args.recipe), args.out, heads=args.heads, models=_model_entries(args) or None, backends=args.backends,
+            methods=args.methods, threads=args.threads,
             runs=args.runs, peaks=not args.no_peaks, force=args.force, for_apps=args.for_apps)
     print(f"\nsummary: recipe {s.recipe}, float reference on {s.device}; {s.stages_run} stages ran, {s.stages_reused} reused, {s.seconds:.0f} s")
     for head, ref in s.references.items():
@@ -187,6 +260,16 @@ def _cmd_bench(args: argparse.Namespace) -> None:
             print(f"    {kind:<44} {ms:>9.3f} ms")
 
 
+def _model_options(p: argparse.ArgumentParser, *, several: bool = False) -> None:
+    p.add_argument("--model", action="append", default=None, metavar="SPEC",
+                   help="a model to bring instead of the recipe's head: torchvision:NAME, smp:ARCH or module.path:callable"
+                        + ("; repeat it, or comma-separate specs, to compare several (a YAML mapping "
+                           "'{source: S, args: {...}, weights: F}' per model gives each its own arguments)" if several else ""))
+    p.add_argument("--model-arg", action="append", default=None, metavar="KEY=VALUE",
+                   help="keyword argument for the --model factory (VALUE read as YAML), e.g. encoder_name=mobilenet_v2")
+    p.add_argument("--weights", default=None, metavar="FILE", help="state dict for the --model (loaded with weights_only=True)")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="aspp-edge", description=__doc__, formatter_class=fmt)
@@ -207,17 +290,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output directory (last.pt, float.pt)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    _model_options(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("quantize", help="int8 program from a float checkpoint (PTQ or QAT)", formatter_class=fmt)
     p.add_argument("--recipe", default="default", help="built-in recipe name or a YAML path (its ptq:/qat: sections)")
-    p.add_argument("--checkpoint", required=True, help="float checkpoint (float.pt)")
+    p.add_argument("--checkpoint", default=None, help="float checkpoint (float.pt); without it, --model is used as it is (saved as OUT/float.pt)")
     p.add_argument("--method", default="ptq", help="ptq or qat")
     p.add_argument("--observer", default=None, help="PTQ activation observer: minmax, ema, percentile, mse (default: recipe)")
     p.add_argument("--cle", default=None, action=argparse.BooleanOptionalAction, help="cross-layer equalization before PTQ (default: recipe)")
     p.add_argument("--per-channel", default=None, action=argparse.BooleanOptionalAction, help="per-channel weights (default: recipe)")
     p.add_argument("--calib-size", type=int, default=None, help="calibration images (default: recipe)")
     p.add_argument("--out", required=True, help="output directory for <name>_int8.pt2 and its reports")
+    _model_options(p)
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("export", help="write .pte / .mlpackage / .tflite artifacts with manifests", formatter_class=fmt)
@@ -230,6 +315,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--io-dtype", default="float32", help="tflite int8 I/O: float32 (QUANTIZE/DEQUANTIZE at I/O) or int8")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--for-apps", default=None, metavar="DIR", help="also install the written artifacts into the demo apps under DIR (mobile_demo)")
+    p.add_argument("--recipe", default="default", help="with --model: the recipe whose data (resolution, classes) the model takes")
+    _model_options(p)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("inspect", help="size, I/O, manifest and op histogram of artifacts", formatter_class=fmt)
@@ -240,7 +327,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = sub.add_parser("run", help="the end-to-end pipeline: train, quantize, export, evaluate, report", formatter_class=fmt)
     p.add_argument("--recipe", default="default", help="built-in recipe name (quick, default) or a YAML path")
     p.add_argument("--out", default="runs/default", help="output directory (re-running with it skips finished stages)")
-    p.add_argument("--heads", default=None, help="'all' (the ablation) or comma-separated heads (default: the recipe's head)")
+    p.add_argument("--heads", default=None, help="'all' (the ablation) or comma-separated heads (default: the recipe's model, or none when --model is given)")
     p.add_argument("--backends", default="all", help="'all' or comma-separated: executorch, coreml, tflite")
     p.add_argument("--methods", default="all", help="'all' or comma-separated: ptq, qat")
     p.add_argument("--threads", type=int, default=None, help="runtime threads for evaluation and latency (default: all cores)")
@@ -248,6 +335,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-peaks", action="store_true", help="skip the runtimes' 1x1-convolution throughput reference")
     p.add_argument("--force", action="store_true", help="run in an out dir that holds another recipe's run")
     p.add_argument("--for-apps", default=None, metavar="DIR", help="install the best int8 artifact per backend into the demo apps under DIR (mobile_demo)")
+    _model_options(p, several=True)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("eval", help="accuracy of artifacts against their float reference on the val split", formatter_class=fmt)

@@ -8,6 +8,10 @@ run resumes where it stopped (float training from its last epoch), a changed rec
 redoes what depends on it, and a deleted artifact is exported and evaluated again on its own.
 Each stage prints one progress line and appends it to `OUT/run.log`.
 
+Side by side: `heads` (built-in) and `models` (brought: torchvision:NAME, smp:ARCH,
+module.path:callable) run in one report, on the same data, with the same quantization and the same
+measurement. A brought model's folder and row name is its spec's slug (torchvision-NAME).
+
 Layout: `OUT/<head>/float/float.pt`, `OUT/<head>/quant/<name>_<method>_int8.pt2`,
 `OUT/<head>/artifacts/<artifact>` (+ manifest), `OUT/<head>/eval/<artifact>.json` (+ .npz masks),
 and `OUT/report.{json,md}`, `OUT/pareto.png`, `OUT/samples.png`.
@@ -147,11 +151,49 @@ def _float_precision(backend: str) -> str:
     return "fp16" if backend == "coreml" else "fp32"
 
 
+ModelEntry = str | dict[str, Any]  # a spec, or {"source": spec, "args": {...}, "weights": path}
+
+
+def plan_models(recipe: Recipe, heads: str | list[str] | None, models: ModelEntry | list[ModelEntry] | None) -> list[tuple[str, Recipe]]:
+    """(key, recipe) per model of the run: the built-in `heads` first, then the brought `models`.
+    Neither given: the recipe's own model. Every brought model is built and checked here (import,
+    factory, output contract, weights), before anything is written."""
+    from .models import list_models, model_from_recipe, model_key
+
+    if heads is None and models is None:
+        return [(model_key(recipe.model), recipe)]
+    builtin = {"source": None, "args": {}, "weights": None}
+    entries = [(h, recipe.replace(model={**builtin, "head": h}))
+               for h in (_choices(heads, tuple(list_models()), "head", (recipe.model.head,)) if heads is not None else [])]
+    if isinstance(models, (str, dict)):
+        models = [models]
+    for item in models or []:
+        specs = [{"source": s.strip()} for s in item.split(",") if s.strip()] if isinstance(item, str) else [dict(item)]
+        for spec in specs:
+            unknown = sorted(set(spec) - {"source", "args", "weights"})
+            if unknown or "source" not in spec:
+                raise ConfigError(f"model entry {spec!r} is not valid; valid keys: source (required), args, weights")
+            entries.append((None, recipe.replace(model={"source": spec["source"], "args": spec.get("args") or {},
+                                                        "weights": spec.get("weights")})))
+    entries = [(key or model_key(r.model), r) for key, r in entries]
+    keys = [k for k, _ in entries]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup:
+        raise ConfigError(f"model {dup!r} is asked for twice in one run")
+    if not entries:
+        raise ConfigError("no model to run: give --heads and/or --model")
+    for _, r in entries:
+        if r.model.source:
+            model_from_recipe(r)
+    return entries
+
+
 def run(
     recipe: Recipe,
     out_dir: str | Path,
     *,
     heads: str | list[str] | None = None,
+    models: ModelEntry | list[ModelEntry] | None = None,
     backends: str | list[str] | None = None,
     methods: str | list[str] | None = None,
     threads: int | None = None,
@@ -162,11 +204,13 @@ def run(
     progress: bool = True,
     for_apps: str | Path | None = None,
 ) -> RunSummary:
+    """Every stage for each model asked for (`heads`: built-in heads, 'all' for the ablation; `models`:
+    brought models), into one report. Neither given: the recipe's own model."""
     from .export import BACKENDS
-    from .models import list_models
 
     started = time.perf_counter()
-    heads = _choices(heads, tuple(list_models()), "head", (recipe.model.head,))
+    entries = plan_models(recipe, heads, models)
+    heads = [key for key, _ in entries]
     backends = _choices(backends, tuple(BACKENDS), "backend", tuple(BACKENDS))
     methods = _choices(methods, METHODS, "method", METHODS)
     out = Path(out_dir)
@@ -194,8 +238,8 @@ def run(
     ctx = _Context(recipe=recipe, out=out, book=book, threads=threads, runs=runs, warmup=warmup, progress=progress)
     rows: list[dict[str, Any]] = []
     references: dict[str, dict[str, Any]] = {}
-    for head in heads:
-        head_rows, references[head] = ctx.head(head, backends, methods)
+    for head, head_recipe in entries:
+        head_rows, references[head] = ctx.head(head, head_recipe, backends, methods)
         rows += head_rows
     ctx.cross_backend(rows)
     peak_figures = ctx.peaks() if peaks else None
@@ -213,7 +257,7 @@ def run(
         from .apps import install_for_apps
 
         chosen = apps_artifacts(rows, heads[0], out)
-        install_for_apps(chosen, for_apps, recipe.replace(model={"head": heads[0]}), threads=threads)
+        install_for_apps(chosen, for_apps, entries[0][1], threads=threads)
         log(f"apps: {', '.join(p.name for p in chosen)} -> {for_apps}")
     ran = sum(1 for line in lines if ": ran in " in line)
     reused = sum(1 for line in lines if line.endswith(": reused"))
@@ -235,12 +279,12 @@ class _Context:
     progress: bool
     _references: dict[str, Any] = field(default_factory=dict)
 
-    def head(self, head: str, backends: list[str], methods: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def head(self, head: str, recipe: Recipe, backends: list[str], methods: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Every stage of one model (`head`: its key, a built-in head or a brought model's slug)."""
         from .export import artifact_name, export, from_checkpoint, from_quantized, manifest_path
         from .quantize.job import quantize_checkpoint
         from .train import FINAL, train
 
-        recipe = self.recipe.replace(model={"head": head})
         name = f"{recipe.name}_{head}"
         hdir, book = self.out / head, self.book
         conf = recipe.to_dict()
@@ -248,6 +292,10 @@ class _Context:
 
         key = f"{head}/float"
         inputs = {"v": STAGE_VERSIONS["float"], **{k: conf[k] for k in ("model", "data", "train")}}
+        if recipe.model.weights:  # a brought model's state dict: its content, not only its path
+            from .fileio import sha256_file
+
+            inputs["weights_sha256"] = sha256_file(recipe.model.weights)
         resume = book.pending(key, inputs) and (hdir / "float" / "last.pt").exists()
         book.run(key, inputs, [ckpt], lambda: train(recipe, hdir / "float", resume=resume, progress=self.progress))
         float_stamp = book.stamp(key)
@@ -306,11 +354,12 @@ class _Context:
 
     def _write_reference(self, head: str, recipe: Recipe, ckpt: Path, path: Path) -> None:
         from .fileio import sha256_file
+        from .models import describe_model
         from .models.stats import model_stats
 
         model, ref = self._reference_logits(head, recipe, ckpt)
         stats = model_stats(model)
-        payload = {"head": head, "device": ref.device, "miou": ref.miou, "pixel_accuracy": ref.pixel_accuracy,
+        payload = {"head": head, "model": describe_model(recipe, model), "device": ref.device, "miou": ref.miou, "pixel_accuracy": ref.pixel_accuracy,
                    "checkpoint": str(ckpt.relative_to(self.out)), "checkpoint_sha256": sha256_file(ckpt),
                    "params": stats.params, "gmacs": stats.macs / 1e9, "images": len(ref.logits)}
         with atomic_path(path.with_suffix(".npz")) as tmp:
@@ -405,7 +454,7 @@ class _Context:
         from .data import build_dataset
         from .evaluate.accuracy import SAMPLE_IMAGES
 
-        recipe = self.recipe.replace(model={"head": head})
+        recipe = self.recipe  # every model of a run shares its data
         val = build_dataset(recipe, "val")
         k = min(SAMPLE_IMAGES, len(val))
         mean, std = np.asarray(recipe.data.mean).reshape(3, 1, 1), np.asarray(recipe.data.std).reshape(3, 1, 1)

@@ -27,7 +27,7 @@ from .data import IGNORE_INDEX, build_dataset
 from .errors import CheckpointError, ConfigError
 from .evaluate.metrics import confusion_matrix, mean_iou
 from .distributed import DistContext, finish_distributed, init_distributed, sync_and_hash
-from .models import create_model
+from .models import model_from_recipe, model_label
 
 LAST, FINAL = "last.pt", "float.pt"
 
@@ -77,7 +77,7 @@ def train(
     ctx, dev = init_distributed(torch.device(device) if device is not None else None)
     cfg = recipe.train
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
-    model = create_model(recipe.model.head, **recipe.model_kwargs()).to(dev)
+    model = model_from_recipe(recipe).to(dev)
     train_set, val_set = build_dataset(recipe, "train"), build_dataset(recipe, "val")
     if len(train_set) < cfg.batch_size * ctx.world:
         raise ConfigError(
@@ -114,6 +114,8 @@ def train(
     # Different augmentation on each rank, reproducible per (seed, rank, epoch).
     started = time.perf_counter()
     miou = history[-1]["val_miou"] if history else float("nan")
+    if cfg.epochs == 0:  # the model's own weights as they are: measured, not trained
+        miou = evaluate_miou(model, val_set, dev, cfg.batch_size, ctx)
     for epoch in range(start_epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch * 16 + ctx.rank)
         if isinstance(sampler, DistributedSampler):
@@ -152,7 +154,7 @@ def train(
     result = TrainResult(final, miou, seconds, str(dev), ctx.world, history)
     if progress and ctx.main:
         print(
-            f"trained {recipe.name}: {recipe.model.head} on {recipe.model.backbone} OS{recipe.model.output_stride}, "
+            f"trained {recipe.name}: {model_label(recipe.model)}, "
             f"{cfg.epochs} epochs, {seconds:.0f} s on {dev} x{ctx.world}; val mIoU {miou:.4f} -> {final}"
         )
     return result

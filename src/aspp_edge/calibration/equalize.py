@@ -10,6 +10,13 @@ Steps, on a copy of the model in eval mode:
    equalized pair's ReLU6 is replaced by ReLU, which changes the function only where an
    activation exceeded 6; `equalize` reports how many it replaced.
 
+Brought models (any nn.Module, models/brought.py) get the generic chains: inside any
+nn.Sequential, a conv[-BN]-activation block directly followed by a conv (or a block starting with
+one) that is its only consumer, e.g. torchvision's MobileNetV2 blocks (also inside SMP encoders)
+and MobileNetV3's ReLU blocks without squeeze-excitation. Hardswish, SE gates and residual blocks
+end a chain. When a model has none, `equalize` says "CLE: no equalizable chains found" and
+returns the BN-folded copy unchanged in function.
+
 Chains and branching points are different: along a chain (depthwise -> pointwise, expand ->
 depthwise) one producer feeds one consumer. At ASPP's branching point the backbone's last
 projection feeds every branch (and the image-pooling conv, through a linear average pool), so
@@ -20,6 +27,7 @@ over all of them, and every consumer's input channel i is scaled by the same s_i
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +46,10 @@ class EqualizeReport:
     pairs: int = 0
     branch_points: int = 0
     relu6_replaced: int = 0
+    note: str = ""
+
+
+NO_CHAINS = "CLE: no equalizable chains found"
 
 
 def fold_batchnorm(module: nn.Module) -> int:
@@ -88,8 +100,14 @@ def _first_conv(module: nn.Module) -> nn.Conv2d:
     return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
 
 
+def _is_relu6(m: nn.Module) -> bool:
+    return isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0))
+
+
 def _homogeneous(seq: nn.Sequential, report: EqualizeReport) -> bool:
     """True if `seq`'s activation is ReLU or absent; a ReLU6 is replaced by ReLU (counted)."""
+    if not all(isinstance(m, (nn.Conv2d, nn.ReLU, nn.Identity)) or _is_relu6(m) for m in seq):
+        return False
     for i, m in enumerate(seq):
         if isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0)):
             seq[i] = nn.ReLU()
@@ -107,14 +125,46 @@ def _v2_block_pairs(block: V2Block, report: EqualizeReport) -> list[tuple[nn.Con
     return [(_first_conv(a), [_first_conv(b)]) for a, b in zip(chain, chain[1:]) if _homogeneous(a, report)]
 
 
+def _equalizable_consumer(conv: nn.Conv2d) -> bool:
+    return conv.groups == 1 or conv.groups == conv.in_channels == conv.out_channels
+
+
+def _generic_pairs(model: nn.Module, report: EqualizeReport) -> list[tuple[nn.Conv2d, list[nn.Conv2d]]]:
+    """Chains in any model (BN already folded): inside an nn.Sequential, a block of exactly one conv
+    plus ReLU/ReLU6/Identity followed by a conv, or by an nn.Sequential that starts with a conv."""
+    def plain(m: nn.Module) -> bool:  # an nn.Sequential that composes its children (no forward of its own)
+        return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
+
+    pairs = []
+    for seq in [m for m in model.modules() if plain(m)]:
+        for a, b in zip(list(seq), list(seq)[1:]):
+            if not plain(a) or sum(isinstance(m, nn.Conv2d) for m in a) != 1:
+                continue
+            consumer = b if isinstance(b, nn.Conv2d) else b[0] if plain(b) and len(b) else None
+            if not isinstance(consumer, nn.Conv2d) or not _equalizable_consumer(consumer):
+                continue
+            producer = _first_conv(a)
+            if producer.out_channels == consumer.in_channels and _homogeneous(a, report):
+                pairs.append((producer, [consumer]))
+    return pairs
+
+
 MAX_SWEEPS, TOLERANCE = 50, 1e-4  # groups share convs, so the scalings are repeated until they settle
 
 
-def equalize(model: Segmenter, report: EqualizeReport | None = None) -> Segmenter:
+def equalize(model: nn.Module, report: EqualizeReport | None = None) -> nn.Module:
     """A BN-folded, cross-layer-equalized copy of `model` (see the module docstring)."""
     report = report if report is not None else EqualizeReport()
     model = copy.deepcopy(model).eval()
     fold_batchnorm(model)
+    if not isinstance(model, Segmenter):
+        groups = _generic_pairs(model, report)
+        report.pairs = len(groups)
+        if not groups:
+            report.note = NO_CHAINS
+            print(f"{NO_CHAINS} in {getattr(model, 'source', type(model).__name__)}: PTQ goes on without it", file=sys.stderr)
+        _sweep(groups)
+        return model
     groups: list[tuple[nn.Conv2d, list[nn.Conv2d]]] = []
     for block in model.backbone.features:
         if isinstance(block, V2Block):
@@ -134,7 +184,11 @@ def equalize(model: Segmenter, report: EqualizeReport | None = None) -> Segmente
             consumers = [_first_conv(model.head.cbr), model.head.scale]
         groups.append((producer, consumers))
         report.branch_points += 1
+    _sweep(groups)
+    return model
+
+
+def _sweep(groups: list[tuple[nn.Conv2d, list[nn.Conv2d]]]) -> None:
     for _ in range(MAX_SWEEPS):
         if max((_scale_pair(p, c) for p, c in groups), default=0.0) < TOLERANCE:
             break
-    return model

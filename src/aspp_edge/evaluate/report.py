@@ -183,6 +183,12 @@ def markdown(report: dict[str, Any]) -> str:
         "Latency: median/p90 of timed runs after warm-up, each artifact in its own process, all cores unless stated; "
         "reported, not asserted. Agreement and SQNR are against the float reference's logits on the val split.",
     ]
+    described = [(h, refs[h]["model"]) for h in heads if h in refs and refs[h].get("model")]
+    if any("source" in m for _, m in described):  # brought models beside ours: say what each one is
+        from ..export.manifest import describe_model_section
+
+        lines.append("Models (same data, same int8 scheme, same measurement): "
+                     + "; ".join(f"`{h}`: {describe_model_section(m)}" for h, m in described) + ".")
     if any(r.get("evaluated_by") == INTERPRETED for r in rows):
         lines.append(f"Rows evaluated by `{INTERPRETED}` ran the Core ML package's ML Program in aspp-edge's numpy MIL interpreter "
                      "(Core ML predicts only on macOS): their figures check the program as shipped (ops, padding and dilation, "

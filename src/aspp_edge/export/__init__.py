@@ -52,6 +52,7 @@ class ExportSource:
     quantized_program: str | None = None
     name: str = ""  # float artifacts: <name>_<backend>_<fp32|fp16>
     int8_name: str = ""  # int8 artifacts: <program stem>_<backend>_int8, e.g. default_qat_tflite_int8
+    _model_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.name = self.name or self.recipe.name
@@ -64,9 +65,19 @@ class ExportSource:
 
     @property
     def model_config(self) -> dict[str, Any]:
-        m = self.recipe.model
-        return {"head": m.head, "backbone": m.backbone, "decoder": m.decoder, "output_stride": m.output_stride,
-                "num_classes": self.recipe.num_classes, "width_mult": m.width_mult}
+        """The manifest's `model` section: the built-in head's configuration, or a brought model's
+        source spec, factory arguments, parameter count and GMACs."""
+        if self._model_config is None:
+            from ..models import describe_model
+
+            self._model_config = describe_model(self.recipe, self.model)
+        return self._model_config
+
+    @property
+    def model_label(self) -> str:
+        from ..models import model_key
+
+        return model_key(self.recipe.model)
 
 
 def from_checkpoint(path: str | Path, recipe: Recipe | None = None, *, name: str | None = None) -> ExportSource:
@@ -202,7 +213,7 @@ def export(
             if io_dtype == "float32":
                 data = _tflite.to_float_io(data)
             data = _tflite.name_io(data)
-            description = f"aspp-edge {source.model_config['head']} {precision} ({source.recipe.name} recipe)"
+            description = f"aspp-edge {source.model_label} {precision} ({source.recipe.name} recipe)"
             data = _tflite.add_metadata(data, source.recipe, description=description)
             tmp.write_bytes(data)
             summary = _tflite.summarize(_tflite.parse(data))
@@ -218,7 +229,8 @@ def export(
                     "minimum_deployment_target": "iOS17", "weights": "int8 (constexpr_affine_dequantize)" if precision == "int8" else precision}
             specs = _io_specs(source, "NCHW", kind="image", in_dtype="uint8", out_dtype="float32", applied_by="model")
             _coreml.describe(mlmodel, source.recipe, {
-                "head": source.model_config["head"], "precision": precision, "method": _method(source, precision),
+                **({"source": source.recipe.model.source} if source.recipe.model.source else {"head": source.recipe.model.head}),
+                "precision": precision, "method": _method(source, precision),
                 "normalization": specs[0]["normalization"], "output_layout": "NCHW", "recipe": source.recipe.name,
             })
             tmp.mkdir()

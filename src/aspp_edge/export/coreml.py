@@ -61,7 +61,7 @@ def convert(module: nn.Module, example: torch.Tensor, recipe: Recipe, *, precisi
 def describe(mlmodel, recipe: Recipe, essentials: dict[str, Any]) -> None:
     """Xcode preview metadata, descriptions and the manifest essentials in user_defined_metadata."""
     labels = list(recipe.class_names)
-    mlmodel.short_description = f"aspp-edge {essentials.get('head', '')} segmentation ({recipe.name} recipe)"
+    mlmodel.short_description = f"aspp-edge {essentials.get('head') or essentials.get('source', '')} segmentation ({recipe.name} recipe)"
     mlmodel.author, mlmodel.license = "aspp-edge", "Apache-2.0"
     mlmodel.input_description[INPUT_NAME] = "RGB image, 0-255; normalization is inside the model"
     mlmodel.output_description[OUTPUT_NAME] = "per-class logits, NCHW; argmax over axis 1 is the mask"

@@ -20,6 +20,8 @@ from ..errors import AsppEdgeError
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 SCHEMA_VERSION = 1
+# The `model` section: a built-in head's fields, or a brought model's (models/brought.py).
+MODEL_FIELDS = ("head", "backbone", "decoder", "output_stride", "num_classes", "width_mult", "source", "args", "params", "gmacs")
 TOOL_DISTRIBUTIONS = ("aspp-edge", "torch", "torchao", "executorch", "coremltools", "litert-torch", "ai-edge-litert", "mediapipe")
 
 
@@ -78,7 +80,7 @@ def build_manifest(
         "method": method,
         "size_bytes": size_bytes,
         "sha256": sha256,
-        "model": {k: model_config[k] for k in ("head", "backbone", "decoder", "output_stride", "num_classes", "width_mult") if k in model_config},
+        "model": {k: model_config[k] for k in MODEL_FIELDS if k in model_config},
         "input": input_spec,
         "output": output_spec,
         "reference_normalization": {k: v for k, v in normalization(recipe).items() if k != "applied_by"},
@@ -91,6 +93,21 @@ def build_manifest(
     }
     validate_manifest(manifest, artifact)
     return manifest
+
+
+def model_name(section: dict[str, Any]) -> str:
+    """How a manifest's `model` section is named in tables: the head, or the brought model's source spec."""
+    return section.get("head") or section["source"]
+
+
+def describe_model_section(section: dict[str, Any]) -> str:
+    """One line for a manifest's `model` section."""
+    if "source" in section:
+        args = ", ".join(f"{k}={v!r}" for k, v in section["args"].items())
+        return (f"{section['source']}({args}), {section['num_classes']} classes, {section['params'] / 1e6:.2f} M params, "
+                f"{section['gmacs']:.3f} GMACs")
+    return (f"{section['head']} on {section['backbone']}, {section['decoder']}, OS{section['output_stride']}, "
+            f"{section['num_classes']} classes")
 
 
 def validate_manifest(manifest: dict[str, Any], where: str | Path = "manifest") -> None:

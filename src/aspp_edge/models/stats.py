@@ -31,14 +31,17 @@ def count_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
 class ModelStats:
     params: int
     macs: int
-    head_params: int
-    head_macs: int
+    head_params: int | None  # None for a brought model (no head of ours to count apart)
+    head_macs: int | None
 
 
-def model_stats(model: Segmenter, size: int | tuple[int, int] | None = None) -> ModelStats:
-    """Counts for the whole model and for its head alone, at `size` (default: the model's input size)."""
+def model_stats(model: nn.Module, size: int | tuple[int, int] | None = None) -> ModelStats:
+    """Counts for the whole model and for its head alone, at `size` (default: the model's input size).
+    A brought model (any module with `input_size`) is counted whole."""
     hw = model.input_size if size is None else ((size, size) if isinstance(size, int) else tuple(size))
     x = torch.zeros(1, 3, *hw)
+    if not isinstance(model, Segmenter):
+        return ModelStats(params=count_params(model), macs=count_macs(model, x), head_params=None, head_macs=None)
     was_training = model.training
     model.eval()
     try:
