@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AsppEdgeError, choices_error
-from .manifest import ManifestError, manifest_path, read_manifest
+from .manifest import ManifestError, describe_model_section, manifest_path, read_manifest
 
 
 def inspect_artifact(path: str | Path) -> dict[str, Any]:
@@ -48,8 +48,7 @@ def format_inspection(info: dict[str, Any]) -> str:
     lines = [f"{info['path']}  ({info['format']}, {info['size_bytes'] / 1e6:.3f} MB)"]
     if m:
         model = m["model"]
-        lines.append(f"  model     {model['head']} on {model['backbone']}, {model['decoder']}, OS{model['output_stride']}, "
-                     f"{model['num_classes']} classes; {m['backend']} {m['precision']} (method {m['method']})")
+        lines.append(f"  model     {describe_model_section(model)}; {m['backend']} {m['precision']} (method {m['method']})")
         i, o = m["input"], m["output"]
         lines.append(f"  input     {i['name']} {i['kind']} {i['shape']} {i['layout']} {i['dtype']}, quantization {i['quantization']}, "
                      f"normalization by {i['normalization']['applied_by']}")
