@@ -197,7 +197,7 @@ def bench_device(artifacts: list[str | Path], *, tflite_benchmark: str | None = 
                  progress: bool = True) -> dict[str, Any]:
     """Benchmark artifacts on an attached Android device; returns {"device": ..., "artifacts": rows}."""
     from ..export import artifact_size
-    from ..export.manifest import read_manifest
+    from ..export.manifest import model_name, read_manifest
     from ..runtime import check_artifact
 
     paths = [Path(a) for a in artifacts]
@@ -234,7 +234,7 @@ def bench_device(artifacts: list[str | Path], *, tflite_benchmark: str | None = 
         row = dict.fromkeys(ROW_FIELDS)
         row.update(
             path=str(path), backend=manifest["backend"], precision=manifest["precision"], method=manifest["method"],
-            head=manifest["model"]["head"], size_bytes=artifact_size(path),
+            head=model_name(manifest["model"]), size_bytes=artifact_size(path),
             latency_ms={"median": timing.median_ms, "p90": timing.p90_ms, "min": timing.min_ms, "mean": timing.mean_ms},
             load_ms=timing.init_ms, peak_rss_mb=timing.peak_memory_mb, threads=threads, runs=timing.runs,
             evaluated_by=f"{tool} on {info['model'] or info['serial']} (Android {info['android']}, {info['abi']})",
