@@ -27,6 +27,7 @@ from ..fileio import atomic_path
 from .ptq import export_dynamic_batch, ptq
 from .qat import qat
 from .quantizers import build_quantizer
+from .rewrites import drop_saturated_clamps
 
 __all__ = ["PTQConfig", "QATConfig", "QuantizedModel", "build_quantizer", "load_quantized", "quantize"]
 
@@ -46,6 +47,7 @@ class QuantizedModel:
     def convert(self, *, fold_quantize: bool = True) -> GraphModule:
         """convert_pt2e on a copy: `fold_quantize=True` for ExecuTorch/XNNPACK, False for litert-torch."""
         converted = convert_pt2e(copy.deepcopy(self.prepared), fold_quantize=fold_quantize)
+        drop_saturated_clamps(converted)
         return allow_exported_model_train_eval(converted)
 
     def qparams(self) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 from ..calibration.calibrate import calibrate
 from ..config import PTQConfig
 from .quantizers import build_quantizer
+from .rewrites import integer_friendly
 
 MAX_BATCH = 1024
 
@@ -30,6 +31,7 @@ def ptq(model: torch.nn.Module, config: PTQConfig, batches: list[torch.Tensor], 
 
         model = equalize(model)
     gm = export_dynamic_batch(model, batches[0]).module()
+    integer_friendly(gm)
     quantizer = build_quantizer(observer=config.observer, per_channel=config.per_channel, percentile=config.percentile)
     prepared = prepare_pt2e(gm, quantizer)
     calibrate(prepared, batches, progress=progress)

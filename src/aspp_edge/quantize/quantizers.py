@@ -63,6 +63,12 @@ BN_TARGETS = BN_TRAINING_TARGETS | {torch.ops.aten._native_batch_norm_legit_no_t
 SIGMOID_QSPEC = FixedQParamsQuantizationSpec(
     dtype=torch.int8, scale=1.0 / 256.0, zero_point=-128, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine
 )
+# A clamp to [0, 1] (the hardsigmoid gates after `rewrites.fold_hardsigmoid_into_conv`): its input
+# is quantized on exactly [0, 1], so the int8 requantize of the conv output already saturates
+# where the clamp would, and the clamp shares those qparams (an integer op in every runtime).
+UNIT_QSPEC = FixedQParamsQuantizationSpec(
+    dtype=torch.int8, scale=1.0 / 255.0, zero_point=-128, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine
+)
 
 
 def scheme_config(*, observer: str = "minmax", per_channel: bool = True, qat: bool = False, percentile: float = 99.99) -> QuantizationConfig:
@@ -125,6 +131,27 @@ def _annotate_conv_relu6(model: GraphModule, config: QuantizationConfig) -> None
         node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=config.output_activation, _annotated=True)
 
 
+def _is_unit_clamp(node: Node) -> bool:
+    return node.target in RELU6_TARGETS and tuple(node.args[1:3]) == (0.0, 1.0)
+
+
+def _annotate_unit_clamp(model: GraphModule) -> None:
+    """conv[+BN] -> clamp(0, 1): the conv output gets the fixed [0, 1] qparams, the clamp shares them.
+
+    Not fused like ReLU6: TFLite has no fused [0, 1] activation, so a fused partition would leave
+    the conv in float (DEQUANTIZE, CONV_2D, RELU_0_TO_1, QUANTIZE)."""
+    for node in model.graph.nodes:
+        if node.op != "call_function" or not _is_unit_clamp(node) or Q_ANNOTATION_KEY in node.meta:
+            continue
+        src = node.args[0]
+        producer = src.meta.get(Q_ANNOTATION_KEY) if isinstance(src, Node) else None
+        if len(src.users) != 1 or not _conv_partition_output(src) or producer is None or producer.output_qspec is None:
+            continue
+        producer.output_qspec = UNIT_QSPEC
+        shared = SharedQuantizationSpec(src)
+        node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map={src: shared}, output_qspec=shared, _annotated=True)
+
+
 def _annotate_sigmoid(model: GraphModule, config: QuantizationConfig) -> None:
     for node in model.graph.nodes:
         if node.op != "call_function" or node.target not in SIGMOID_TARGETS or Q_ANNOTATION_KEY in node.meta:
@@ -143,6 +170,7 @@ class Int8SchemeQuantizer(XNNPACKQuantizer):
     def annotate(self, model: GraphModule) -> GraphModule:
         model = self._annotate_for_quantization_config(model)  # convs, adds, muls, pools
         if self.global_config is not None:
+            _annotate_unit_clamp(model)
             _annotate_conv_relu6(model, self.global_config)
             _annotate_sigmoid(model, self.global_config)
         propagate_annotation(model)  # relu / hardtanh / pool / dropout share their producer's
