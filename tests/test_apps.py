@@ -1,9 +1,12 @@
 """What the demo apps rely on: the contract document against the schema, every manifest against
 the schema, `--for-apps` installs with expected masks the host demo reproduces, and static checks
-of the Android and iOS projects (well-formed files, pinned dependencies, every asset they name)."""
+of the Android and iOS projects (well-formed XML, plist, TOML and YAML, pinned dependencies, every
+asset they name). tests/test_app_sources.py parses the Kotlin and Swift sources with real grammars
+and checks the build settings Gradle and Xcode reject."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import plistlib
 import re
@@ -103,6 +106,8 @@ def test_for_apps_installs_artifacts_and_expected_masks_the_host_demo_reproduces
             installed = dest / app_file
             manifest = json.loads(manifest_path(installed).read_text())
             assert manifest["artifact"] == app_file and manifest["source"]["artifact"].endswith(f"_int8.{installed.suffix[1:]}")
+            if installed.is_file():  # the Android app compares its model copy with this (Segmenters.kt, Assets)
+                assert hashlib.sha256(installed.read_bytes()).hexdigest() == manifest["sha256"], installed
             sample = read_rgb(dest / SAMPLE)
             assert sample.shape == (64, 64, 3)
             expected = np.asarray(Image.open(dest / expected_mask_name(app_file)))
@@ -167,12 +172,12 @@ def test_android_project_files_are_well_formed_and_pinned():
     ns = "{http://schemas.android.com/apk/res/android}"
     assert "android.permission.CAMERA" in {e.get(ns + "name") for e in manifest.iter("uses-permission")}
     for gradle in list(ANDROID.rglob("*.gradle.kts")):
-        text = gradle.read_text()
-        assert text.count("{") == text.count("}") and text.count("(") == text.count(")"), gradle
-        assert not re.search(r':\d[^"]*\+"', text), f"dynamic version in {gradle}"
+        assert not re.search(r':\d[^"]*\+"', gradle.read_text()), f"dynamic version in {gradle}"
     app_gradle = (ANDROID / "app/build.gradle.kts").read_text()
     assert "libs.executorch" in app_gradle and "libs.litert" in app_gradle and "camera" in app_gradle
-    assert 'noCompress' in app_gradle  # models must not be compressed in the APK (memory-mapped)
+    # LiteRT memory-maps the .tflite from the APK (AssetManager.openFd): it must be stored uncompressed
+    assert re.search(r'^\s*noCompress\s*\+=.*"tflite"', app_gradle, re.M)
+    assert "Assets.mapped(context, Assets.TFLITE" in (ANDROID / "app/src/main/java/dev/asppedge/demo/Segmenters.kt").read_text()
 
 
 def test_ios_project_files_are_well_formed():
@@ -186,9 +191,6 @@ def test_ios_project_files_are_well_formed():
     assert "AsppEdgeDemo/Models" in sources  # the --for-apps folder is bundled
     pkg = project["packages"]["ExecuTorch"]
     assert "executorch" in pkg["url"] and "1.5.1" in json.dumps(pkg)
-    for swift in IOS.rglob("*.swift"):
-        text = swift.read_text()
-        assert text.count("{") == text.count("}"), swift
 
 
 def named_assets(text: str) -> set[str]:
