@@ -54,3 +54,22 @@ def test_bad_recipes(tmp_path, text, match):
 def test_unknown_recipe_name():
     with pytest.raises(ConfigError, match=r"recipe 'nope' is neither a built-in recipe nor a file; built-in recipes: default, quick"):
         load_recipe("nope")
+
+
+def test_qat_freeze_steps_scale_with_steps(tmp_path):
+    """A recipe that shortens QAT without naming the freeze steps loads (issue 19 item 7): unset,
+    they are 2/3 and 5/6 of `steps`; set, they are kept and checked against `steps`."""
+    short = load_recipe(_write(tmp_path, "qat:\n  steps: 4\n")).qat
+    assert (short.freeze_bn_step, short.freeze_observer_step) == (None, None)
+    assert (short.bn_freeze_at, short.observer_freeze_at) == (2, 3)
+    from aspp_edge.config import QATConfig
+
+    assert (QATConfig().bn_freeze_at, QATConfig().observer_freeze_at) == (200, 250)  # the former fixed defaults
+    assert (QATConfig(steps=1).bn_freeze_at, QATConfig(steps=1).observer_freeze_at) == (0, 0)
+    assert QATConfig(steps=10, freeze_bn_step=10, freeze_observer_step=0).bn_freeze_at == 10
+    # a changed `steps` keeps the unset steps relative, and `replace` keeps them unset
+    recipe = load_recipe("quick").replace(qat={"freeze_bn_step": None, "freeze_observer_step": None}).replace(qat={"steps": 60})
+    assert (recipe.qat.bn_freeze_at, recipe.qat.observer_freeze_at) == (40, 50)
+    assert Recipe.from_dict(json.loads(recipe.to_json())) == recipe
+    with pytest.raises(ConfigError, match=r"qat.freeze_bn_step 200 must be between 0 and qat.steps \(4\); leave it unset"):
+        load_recipe(_write(tmp_path, "qat:\n  steps: 4\n  freeze_bn_step: 200\n"))

@@ -175,17 +175,22 @@ class QATConfig(_QuantSection):
     """Quantization-aware fine-tuning from the float checkpoint.
 
     Steps count optimizer steps. BN statistics freeze after `freeze_bn_step` steps and the
-    fake-quant observers after `freeze_observer_step` (both must lie within `steps`).
+    fake-quant observers after `freeze_observer_step` (both must lie within `steps`). Left unset
+    (None), they scale with `steps`: BN freezes after two thirds of the steps and the observers
+    after five sixths (200 and 250 of the default 300), rounded down; `bn_freeze_at` and
+    `observer_freeze_at` give the step that applies.
     """
 
     method: ClassVar[str] = "qat"
+    FREEZE_BN_FRACTION: ClassVar[tuple[int, int]] = (2, 3)  # of `steps`, when freeze_bn_step is unset
+    FREEZE_OBSERVER_FRACTION: ClassVar[tuple[int, int]] = (5, 6)  # of `steps`, when freeze_observer_step is unset
 
     steps: int = 300
     batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 0.0
-    freeze_bn_step: int = 200
-    freeze_observer_step: int = 250
+    freeze_bn_step: int | None = None  # None: 2/3 of steps
+    freeze_observer_step: int | None = None  # None: 5/6 of steps
     observer: str = "ema"  # activation ranges: ema (XNNPACK's fused fake quant) or a PTQ observer inside FakeQuantize
     per_channel: bool = True
     calib_size: int = 64  # forward passes that initialise the fake-quant ranges before training
@@ -197,8 +202,9 @@ class QATConfig(_QuantSection):
             raise ConfigError(f"qat.steps {self.steps!r} must be >= 1")
         for key in ("freeze_bn_step", "freeze_observer_step"):
             value = getattr(self, key)
-            if not 0 <= value <= self.steps:
-                raise ConfigError(f"qat.{key} {value!r} must be between 0 and qat.steps ({self.steps})")
+            if value is not None and not 0 <= value <= self.steps:
+                raise ConfigError(f"qat.{key} {value!r} must be between 0 and qat.steps ({self.steps}); "
+                                  "leave it unset to scale it with qat.steps")
         if self.lr <= 0:
             raise ConfigError(f"qat.lr {self.lr!r} must be > 0")
         if self.observer not in OBSERVERS:
@@ -209,6 +215,22 @@ class QATConfig(_QuantSection):
             raise ConfigError(f"qat.batch_size {self.batch_size!r} must be >= 1")
         if self.calib_size < MIN_CALIB_SIZE:
             raise ConfigError(f"qat.calib_size {self.calib_size!r} is too small; it must be >= {MIN_CALIB_SIZE}")
+
+    @property
+    def bn_freeze_at(self) -> int:
+        """The optimizer step after which BN statistics are held: `freeze_bn_step`, or 2/3 of `steps`."""
+        if self.freeze_bn_step is not None:
+            return self.freeze_bn_step
+        num, den = self.FREEZE_BN_FRACTION
+        return self.steps * num // den
+
+    @property
+    def observer_freeze_at(self) -> int:
+        """The optimizer step after which the fake-quant ranges stop moving: `freeze_observer_step`, or 5/6 of `steps`."""
+        if self.freeze_observer_step is not None:
+            return self.freeze_observer_step
+        num, den = self.FREEZE_OBSERVER_FRACTION
+        return self.steps * num // den
 
 
 

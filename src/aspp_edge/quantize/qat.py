@@ -3,7 +3,8 @@
 From the float model: fake-quant ranges are first initialised on the calibration set, then the
 program is fine-tuned with a small learning rate. After `freeze_bn_step` optimizer steps the BN
 nodes stop updating their running statistics (the graph's batch_norm nodes switch to inference),
-and after `freeze_observer_step` the fake-quant ranges stop moving (`disable_observer`).
+and after `freeze_observer_step` the fake-quant ranges stop moving (`disable_observer`); unset,
+both scale with `steps` (`QATConfig.bn_freeze_at`, `observer_freeze_at`).
 With `distill` > 0 part of the loss is the KL divergence from the float model's per-pixel class
 distribution: the int8 model is pulled towards the reference it is measured against, and its
 dropout stays off (the teacher's is off too).
@@ -100,9 +101,9 @@ def qat(
     cm = None
     bar = tqdm(itertools.islice(loader, config.steps), total=config.steps, desc="qat", disable=not (progress and ctx.main), leave=False)
     for step, (images, masks) in enumerate(bar):
-        if step == config.freeze_bn_step:
+        if step == config.bn_freeze_at:
             freeze_bn_stats(prepared)
-        if step == config.freeze_observer_step:
+        if step == config.observer_freeze_at:
             prepared.apply(disable_observer)
         images, masks = images.to(device), masks.to(device)
         logits = net(images)
@@ -120,7 +121,7 @@ def qat(
             batch_cm = confusion_matrix(logits.detach().argmax(1), masks, num_classes)
             cm = batch_cm if cm is None else cm + batch_cm
             bar.set_postfix(loss=f"{loss.item():.3f}", miou=f"{mean_iou(cm.cpu()):.3f}")
-    if config.freeze_bn_step >= config.steps:
+    if config.bn_freeze_at >= config.steps:
         freeze_bn_stats(prepared)
     move_exported_model_to_eval(prepared)
     prepared.meta["rank_weight_sha256"] = sync_and_hash(prepared, ctx)
