@@ -104,8 +104,8 @@ def describe_model_section(section: dict[str, Any]) -> str:
     """One line for a manifest's `model` section."""
     if "source" in section:
         args = ", ".join(f"{k}={v!r}" for k, v in section["args"].items())
-        return (f"{section['source']}({args}), {section['num_classes']} classes, {section['params'] / 1e6:.2f} M params, "
-                f"{section['gmacs']:.3f} GMACs")
+        return (f"{section['source']}({args}), {section['num_classes']} classes, {section['params'] / 1e6:.3g} M params, "
+                f"{section['gmacs']:.3g} GMACs")
     return (f"{section['head']} on {section['backbone']}, {section['decoder']}, OS{section['output_stride']}, "
             f"{section['num_classes']} classes")
 

@@ -8,8 +8,9 @@ A model spec names where the model comes from:
     smp:ARCH               a segmentation_models_pytorch architecture (e.g. DeepLabV3Plus), called with
                            classes=<from the data> and encoder_weights=None unless the arguments say
                            otherwise (the optional extra: pip install 'aspp-edge[smp]')
-    module.path:callable   any importable factory returning an nn.Module; it gets num_classes=<from
-                           the data> when its signature has a `num_classes` parameter
+    module.path:callable   any importable factory (the current directory included) returning an
+                           nn.Module; it gets num_classes=<from the data> when its signature has a
+                           `num_classes` parameter
 
 plus keyword arguments for the factory (`model.args` in a recipe, `--model-arg KEY=VALUE` on the
 command line) and, optionally, a state dict (`model.weights`, `--weights FILE`, loaded with
@@ -31,7 +32,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +91,8 @@ def parse_spec(text: str) -> ModelSpec:
         return ModelSpec(text, "smp", name)
     # module.path:callable. A dotted path, or a single name that is an importable module; any other
     # prefix is a scheme this tool does not know (hub:, timm:, https:, ...).
+    if "." not in prefix:
+        _cwd_importable()
     if not _DOTTED.match(prefix) or ("." not in prefix and importlib.util.find_spec(prefix) is None):
         raise ConfigError(f"unknown model source prefix {prefix + ':'!r} in {text!r}; valid forms: {_forms()} "
                           "(module.path must be importable)")
@@ -99,6 +104,13 @@ def parse_spec(text: str) -> ModelSpec:
 def slug(text: str) -> str:
     """A file-name-safe key for a spec (run folders, artifact names): torchvision:x -> torchvision-x."""
     return re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-")
+
+
+def _cwd_importable() -> None:
+    """Modules in the current directory are importable, as with `python -m` (console scripts lack it)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
 
 
 def _import_smp():
@@ -137,6 +149,7 @@ def _factory(spec: ModelSpec, args: Mapping[str, Any], num_classes: int) -> tupl
                               "null and pass a state dict with --weights / model.weights")
         return getattr(smp, spec.name), {"classes": num_classes, **kwargs}
     assert spec.module is not None
+    _cwd_importable()
     try:
         module = importlib.import_module(spec.module)
     except Exception as exc:  # ImportError, or whatever the module raises while importing
