@@ -92,7 +92,8 @@ def main() -> None:
           "| ET int8 agree / SQNR | TFL int8 agree / SQNR | pte vs tflite int8 | MB pte fp32/int8 | MB tflite fp32/int8 | MB mlpackage fp16/int8 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['head']} | {100 * r['executorch_int8_conv_mac_delegated']:.0f}% | {r['tflite_int8_qdq_inside']} ({r['tflite_int8_qdq_io']}) "
+        delegated = r["executorch_int8_conv_mac_delegated"]
+        print(f"| {r['head']} | {'unknown' if delegated is None else f'{100 * delegated:.0f}%'} | {r['tflite_int8_qdq_inside']} ({r['tflite_int8_qdq_io']}) "
               f"| {r['executorch_fp32_max_abs']:.1e} | {r['tflite_fp32_max_abs']:.1e} "
               f"| {r['executorch_int8_agreement']:.4f} / {r['executorch_int8_sqnr_db']:.1f} dB "
               f"| {r['tflite_int8_agreement']:.4f} / {r['tflite_int8_sqnr_db']:.1f} dB | {r['pte_vs_tflite_int8_agreement']:.4f} "

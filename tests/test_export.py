@@ -407,3 +407,17 @@ def test_corrupted_coreml_program_is_caught(sources, artifacts, val_images, tmp_
     assert _corrupt_dilation(copy) > 1
     bad = (runtime.load(copy).predict(val_images).argmax(1) == float_masks).mean()
     assert good >= COREML_FP16_AGREEMENT > bad, (good, bad)
+
+
+def test_conv_mac_fraction_is_unknown_without_counted_convs():
+    """A graph with no conv MACs to count reports the delegated conv-MAC fraction as unknown (None), not 1.0."""
+    from aspp_edge.export.executorch import to_pte
+
+    class Gate(torch.nn.Module):
+        def forward(self, x):
+            return x * torch.sigmoid(x)
+
+    _, info = to_pte(Gate().eval(), torch.randn(1, 3, 8, 8))
+    assert info["conv_macs_total"] == 0 and info["conv_mac_fraction"] is None and info["nodes_delegated"] > 0, info
+    _, info = to_pte(torch.nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 8, 8))
+    assert info["conv_macs_total"] == 4 * 6 * 6 * 3 * 3 * 3 and info["conv_mac_fraction"] == 1.0, info

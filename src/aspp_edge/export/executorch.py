@@ -66,7 +66,9 @@ def delegation(program: torch.export.ExportedProgram) -> dict[str, Any]:
         "node_fraction": n_in / max(1, n_in + n_out),
         "conv_macs_delegated": delegated_macs,
         "conv_macs_total": total_macs,
-        "conv_mac_fraction": delegated_macs / total_macs if total_macs else 1.0,
+        # None when no conv MACs were counted (a graph without convs, or convs whose shapes were not
+        # recorded): the fraction is unknown, not complete
+        "conv_mac_fraction": delegated_macs / total_macs if total_macs else None,
         "undelegated_ops": dict(sorted(outside_ops.items())),
     }
 
