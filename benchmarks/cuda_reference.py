@@ -23,6 +23,7 @@ from aspp_edge.checkpoint import load_model
 from aspp_edge.data import build_dataset
 from aspp_edge.evaluate.accuracy import evaluate, float_reference
 from aspp_edge.evaluate.metrics import logits_sqnr_db
+from aspp_edge.fileio import write_text_atomic
 
 
 def main() -> None:
@@ -54,7 +55,7 @@ def main() -> None:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        write_text_atomic(args.out, text)
 
 
 if __name__ == "__main__":

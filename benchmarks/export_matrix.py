@@ -25,6 +25,7 @@ from aspp_edge.config import load_recipe
 from aspp_edge.data import build_dataset
 from aspp_edge.export import export, from_checkpoint, from_quantized
 from aspp_edge.export.manifest import read_manifest
+from aspp_edge.fileio import write_text_atomic
 from aspp_edge.models import list_models
 from aspp_edge.quantize import quantize
 from aspp_edge.train import train
@@ -87,7 +88,7 @@ def main() -> None:
         row["seconds"] = time.perf_counter() - started
         rows.append(row)
         print(json.dumps(row), flush=True)
-    (out / "export_matrix.json").write_text(json.dumps(rows, indent=2))
+    write_text_atomic(out / "export_matrix.json", json.dumps(rows, indent=2))
     print("\n| head | ET int8 conv MACs delegated | TFL int8 Q/DQ inside (at I/O) | ET fp32 max abs | TFL fp32 max abs "
           "| ET int8 agree / SQNR | TFL int8 agree / SQNR | pte vs tflite int8 | MB pte fp32/int8 | MB tflite fp32/int8 | MB mlpackage fp16/int8 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -37,6 +37,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file beside it: readers see the old file or the new one, never half of it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
 def check_flatbuffer(path: str | Path, identifier: bytes, what: str) -> None:
     """Raise a one-line error unless `path` starts like a flatbuffer file with `identifier` (bytes 4-8)."""
     from .errors import AsppEdgeError
