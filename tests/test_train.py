@@ -119,3 +119,25 @@ def test_torchrun_two_ranks_agree(tmp_path, quick_recipe):
     assert ckpt["world_size"] == 2
     hashes = ckpt["rank_weight_sha256"]
     assert len(hashes) == 2 and hashes[0] == hashes[1] == state_dict_sha256(ckpt["state_dict"])
+
+
+def test_class_count_check_skips_only_recipes_that_no_longer_validate(tmp_path, quick_recipe, monkeypatch):
+    """A checkpoint whose stored recipe no longer validates (hand-edited, older) still loads on its
+    tensors; any other failure while reading that recipe is a bug and surfaces."""
+    from aspp_edge.checkpoint import save_checkpoint
+    from aspp_edge.config import Recipe
+    from aspp_edge.models import create_model
+
+    model = create_model(quick_recipe.model.head, **quick_recipe.model_kwargs())
+    stale = quick_recipe.to_dict()
+    stale["train"]["warmup_epochs"] = 2  # a key this version does not know
+    path = save_checkpoint(tmp_path / "stale.pt", {"state_dict": model.state_dict(), "recipe": stale})
+    loaded, recipe, _ = load_model(path, quick_recipe)
+    assert recipe == quick_recipe and loaded.state_dict().keys() == model.state_dict().keys()
+
+    def broken(cls, data):
+        raise ZeroDivisionError("a bug, not a bad recipe")
+
+    monkeypatch.setattr(Recipe, "from_dict", classmethod(broken))
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        load_model(path, quick_recipe)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .config import Recipe, recipe_differences
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .fileio import atomic_path
 from .models import model_from_recipe
 
@@ -30,7 +30,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip/pickle/unpickling errors all mean: not a checkpoint we can read
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint ({type(exc).__name__})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "state_dict" not in ckpt or "recipe" not in ckpt:
+    if (not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not isinstance(ckpt.get("state_dict"), dict)
+            or not isinstance(ckpt.get("recipe"), dict)):
         raise CheckpointError(f"checkpoint {str(path)!r} is not an aspp-edge checkpoint (format {FORMAT!r})")
     return ckpt
 
@@ -46,7 +47,7 @@ def _recipe_differences(saved: dict[str, Any], wanted: Recipe) -> list[str]:
         diffs.append(f"model.args: checkpoint {saved.get('model', {}).get('args', {})!r}, recipe {wanted.model.args!r}")
     try:
         saved_classes = Recipe.from_dict(saved).num_classes
-    except Exception:  # an older or hand-edited recipe: the tensors' check below still applies
+    except ConfigError:  # an older or hand-edited recipe that no longer validates: the tensors' check still applies
         saved_classes = None
     if saved_classes is not None and saved_classes != wanted.num_classes:
         diffs.append(f"num_classes: checkpoint {saved_classes}, recipe {wanted.num_classes}")
