@@ -22,7 +22,7 @@ from aspp_edge import runtime
 from aspp_edge.calibration.calibrate import calibration_batches
 from aspp_edge.calibration.report import sqnr_db
 from aspp_edge.config import load_recipe
-from aspp_edge.data import build_dataset
+from aspp_edge.data import build_dataset, calibration_dataset
 from aspp_edge.export import export, from_checkpoint, from_quantized
 from aspp_edge.export.manifest import read_manifest
 from aspp_edge.fileio import write_text_atomic
@@ -54,7 +54,8 @@ def main() -> None:
             recipe, epochs = base.replace(model={"head": head}, train={"epochs": args.epochs}), args.epochs
             ckpt = train(recipe, out / head / "float", progress=False).checkpoint
         source = from_checkpoint(ckpt, recipe, name=f"{recipe.name}_{head}")
-        calib = calibration_batches(build_dataset(recipe, "train", augment=False), recipe.ptq.calib_size, recipe.ptq.batch_size)
+        calib_set, calib_split = calibration_dataset(recipe)
+        calib = calibration_batches(calib_set, recipe.ptq.calib_size, recipe.ptq.batch_size, seed=recipe.ptq.seed, split=calib_split)
         q = quantize(source.model, recipe.ptq, calibration=calib)
         q.meta = {"recipe": recipe.to_dict(), "source_checkpoint_sha256": source.checkpoint_sha256}
         source = from_quantized(q.save(out / head, f"{recipe.name}_{head}_ptq"), source)

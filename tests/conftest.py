@@ -91,9 +91,9 @@ def quick_trained(quick_run, quick_recipe):
 @pytest.fixture(scope="session")
 def quick_calib(quick_recipe):
     from aspp_edge.calibration.calibrate import calibration_batches
-    from aspp_edge.data import build_dataset
+    from aspp_edge.data import calibration_dataset
 
-    return calibration_batches(build_dataset(quick_recipe, "train", augment=False), 32, 16)
+    return calibration_batches(calibration_dataset(quick_recipe)[0], 32, 16)
 
 
 class HeadModels:

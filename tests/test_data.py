@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from aspp_edge.data import IGNORE_INDEX, FolderSegmentation, SyntheticSegmentation, build_dataset
+from aspp_edge.data import IGNORE_INDEX, FolderSegmentation, SyntheticSegmentation, build_dataset, calibration_dataset
 from aspp_edge.data.synthetic import CLASSES
 from aspp_edge.data.transforms import RandomScaleCrop
 from aspp_edge.errors import DatasetError
@@ -104,3 +104,36 @@ def test_folder_dataset_rejects_out_of_range_labels(tmp_path):
 def test_folder_dataset_missing_layout(tmp_path):
     with pytest.raises(DatasetError, match="JPEGImages' not found"):
         FolderSegmentation(tmp_path, "train", classes=("bg", "x"))
+
+
+def test_calibration_images_are_neither_train_nor_val(quick_recipe):
+    """The synthetic recipe calibrates on its own `calib` split (seeds disjoint from train's and
+    val's): no image of the calibration set is an image of the train or val split."""
+    from aspp_edge.calibration.calibrate import calibration_batches
+
+    dataset, split = calibration_dataset(quick_recipe)
+    assert split == "calib" and dataset.split == "calib" and len(dataset) == quick_recipe.data.train_size
+    batches = calibration_batches(dataset, quick_recipe.ptq.calib_size, quick_recipe.ptq.batch_size, split=split)
+    calib = {image.numpy().tobytes() for batch in batches for image in batch}
+    assert len(calib) == quick_recipe.ptq.calib_size
+    for name in ("train", "val"):
+        other = build_dataset(quick_recipe, name, augment=False)
+        assert not any(other[i][0].numpy().tobytes() in calib for i in range(len(other))), name
+
+
+def _folder_recipe(root):
+    from aspp_edge.config import DataConfig, Recipe
+
+    return Recipe("folder", data=DataConfig(dataset="folder", root=str(root), classes=("bg", "x", "y"), resolution=32))
+
+
+def test_folder_calibration_uses_calib_txt_else_train(tmp_path):
+    ids = [f"{i:02d}" for i in range(10)]
+    _write_voc(tmp_path, ids, mode="L")
+    dataset, split = calibration_dataset(_folder_recipe(tmp_path))  # no calib.txt: the train split (9 of 10, not val's)
+    assert split == "train" and dataset.ids == ids[1:]
+    assert dataset[0][0].shape == (3, 32, 32)  # eval transforms: no augmentation
+    (tmp_path / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Segmentation" / "calib.txt").write_text("03\n07\n")
+    dataset, split = calibration_dataset(_folder_recipe(tmp_path))
+    assert split == "calib" and dataset.ids == ["03", "07"]

@@ -11,7 +11,7 @@ from aspp_edge.calibration.calibrate import calibrate, calibration_batches
 from aspp_edge.calibration.observers import PercentileObserver
 from aspp_edge.calibration.report import layer_report, sqnr_db
 from aspp_edge.config import PTQConfig, QATConfig, Recipe
-from aspp_edge.data import build_dataset
+from aspp_edge.data import build_dataset, calibration_dataset
 from aspp_edge.errors import CheckpointError, ConfigError
 from aspp_edge.models import list_models
 from aspp_edge.quantize import load_quantized, quantize
@@ -152,7 +152,7 @@ def test_qat_improves_on_ptq_minmax(quick_trained, quick_recipe):
     from aspp_edge.checkpoint import load_model
 
     model = load_model(quick_trained.checkpoint, quick_recipe)[0]
-    calib = calibration_batches(build_dataset(quick_recipe, "train", augment=False), 32, 16)
+    calib = calibration_batches(calibration_dataset(quick_recipe)[0], 32, 16)
     val = build_dataset(quick_recipe, "val")
     float_miou = evaluate_miou(model, val, torch.device("cpu"), 16)
     ptq = quantize(model, PTQConfig(observer="minmax"), calibration=calib).convert()
@@ -214,11 +214,11 @@ def test_bad_configs(make, match):
 
 
 def test_calibration_set_errors(quick_recipe):
-    train_set = build_dataset(quick_recipe, "train", augment=False)
+    calib_set, split = calibration_dataset(quick_recipe)
     with pytest.raises(ConfigError, match=r"calibration set size 2 is too small; it must be >= 8"):
-        calibration_batches(train_set, 2, 2)
-    with pytest.raises(ConfigError, match=r"calibration set size 100000 exceeds the 512 images"):
-        calibration_batches(train_set, 100000, 16)
+        calibration_batches(calib_set, 2, 2, split=split)
+    with pytest.raises(ConfigError, match=r"calibration set size 100000 exceeds the 512 images of the calib split"):
+        calibration_batches(calib_set, 100000, 16, split=split)
     with pytest.raises(ConfigError, match="calibration set is empty"):
         calibrate(torch.nn.Identity(), [])
 

@@ -12,18 +12,19 @@ from ..config import MIN_CALIB_SIZE
 from ..errors import ConfigError
 
 
-def calibration_batches(train_set: Dataset, size: int, batch_size: int, *, seed: int = 0) -> list[torch.Tensor]:
-    """A deterministic calibration set: `size` images drawn without replacement from the train split.
+def calibration_batches(dataset: Dataset, size: int, batch_size: int, *, seed: int = 0, split: str = "calib") -> list[torch.Tensor]:
+    """A deterministic calibration set: `size` images drawn without replacement (seeded) from `dataset`.
 
-    The dataset should be built without augmentation (`build_dataset(recipe, "train", augment=False)`).
+    `dataset` is what `data.calibration_dataset(recipe)` returns (the `calib` split, or the train
+    split of a folder dataset without one), built without augmentation; `split` names it in errors.
     """
-    n = len(train_set)
+    n = len(dataset)
     if size < MIN_CALIB_SIZE:
         raise ConfigError(f"calibration set size {size} is too small; it must be >= {MIN_CALIB_SIZE}")
     if n < size:
-        raise ConfigError(f"calibration set size {size} exceeds the {n} images of the train split")
+        raise ConfigError(f"calibration set size {size} exceeds the {n} images of the {split} split")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].tolist()
-    images = torch.stack([train_set[i][0] for i in order])
+    images = torch.stack([dataset[i][0] for i in order])
     return list(images.split(batch_size))
 
 

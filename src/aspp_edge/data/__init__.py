@@ -5,15 +5,21 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from ..config import Recipe
-from .folder import FolderSegmentation
+from .folder import FolderSegmentation, has_split_file
 from .synthetic import SyntheticSegmentation
 from .transforms import IGNORE_INDEX, eval_transforms, train_transforms
 
-__all__ = ["IGNORE_INDEX", "FolderSegmentation", "SyntheticSegmentation", "build_dataset"]
+__all__ = ["CALIB_SPLIT", "IGNORE_INDEX", "FolderSegmentation", "SyntheticSegmentation", "build_dataset", "calibration_dataset"]
+
+CALIB_SPLIT = "calib"
 
 
 def build_dataset(recipe: Recipe, split: str, *, augment: bool | None = None) -> Dataset:
-    """The recipe's dataset split with its transforms (augmented for 'train' unless `augment=False`)."""
+    """The recipe's dataset split with its transforms (augmented for 'train' unless `augment=False`).
+
+    Splits: 'train', 'val' and 'calib' (synthetic: its own seeds, as many scenes as the train split;
+    folder: `ImageSets/Segmentation/calib.txt`, see `calibration_dataset`).
+    """
     d = recipe.data
     augment = (split == "train") if augment is None else augment
     if augment:
@@ -21,7 +27,21 @@ def build_dataset(recipe: Recipe, split: str, *, augment: bool | None = None) ->
     else:
         tf = eval_transforms(d.resolution, d.mean, d.std)
     if d.dataset == "synthetic":
-        length = d.val_size if split == "val" else d.train_size
+        length = d.val_size if split == "val" else d.train_size  # calib: a pool the calibration set is drawn from
         return SyntheticSegmentation(split, size=d.resolution, length=length, seed=d.seed, transform=tf)
     assert d.root is not None and d.classes is not None
     return FolderSegmentation(d.root, split, classes=d.classes, transform=tf)
+
+
+def calibration_dataset(recipe: Recipe) -> tuple[Dataset, str]:
+    """The images calibration draws from (never augmented) and the split they are: 'calib' or 'train'.
+
+    - synthetic: the `calib` split, whose scenes come from seeds disjoint from train's and val's.
+    - folder: the `calib` split when `ImageSets/Segmentation/calib.txt` exists; otherwise the train
+      split, from which `calibration_batches` draws a seeded subset (the images the model was
+      trained on, never val's).
+    """
+    d = recipe.data
+    if d.dataset == "folder" and not has_split_file(d.root, CALIB_SPLIT):
+        return build_dataset(recipe, "train", augment=False), "train"
+    return build_dataset(recipe, CALIB_SPLIT, augment=False), CALIB_SPLIT

@@ -7,7 +7,8 @@ Layout (the Pascal VOC one):
     ROOT/ImageSets/Segmentation/<split>.txt       optional: one <id> per line
 
 Mask pixels are class indices; 255 is ignored. Without a split file the sorted ids are split
-deterministically, 90% train / 10% val.
+deterministically, 90% train / 10% val. A `calib.txt` names the images calibration draws from;
+without one, calibration draws a seeded subset of the train split (`data.calibration_dataset`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from .transforms import IGNORE_INDEX, Compose, to_tensor_pair
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VAL_FRACTION = 0.1
+
+
+def has_split_file(root: str | Path, split: str) -> bool:
+    return (Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt").is_file()
 
 
 def _listing(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:

@@ -15,7 +15,7 @@ from ..calibration.calibrate import calibration_batches
 from ..calibration.report import layer_report, sqnr_db
 from ..checkpoint import load_model
 from ..config import Recipe
-from ..data import build_dataset
+from ..data import build_dataset, calibration_dataset
 from ..distributed import finish_distributed, init_distributed
 from ..errors import ConfigError, choices_error
 from ..fileio import sha256_file
@@ -68,7 +68,8 @@ def quantize_checkpoint(
     started = time.perf_counter()
     config = method_config(recipe, method, **overrides)
     model, recipe, _ = load_model(checkpoint, recipe)
-    calib = calibration_batches(build_dataset(recipe, "train", augment=False), config.calib_size, config.batch_size, seed=config.seed)
+    calib_set, calib_split = calibration_dataset(recipe)
+    calib = calibration_batches(calib_set, config.calib_size, config.batch_size, seed=config.seed, split=calib_split)
     ctx, device = init_distributed(None)  # under torchrun, QAT trains as DDP; rank 0 writes
     qmodel: QuantizedModel = quantize(
         model, config, calibration=calib, train_set=build_dataset(recipe, "train") if method == "qat" else None,
@@ -95,7 +96,7 @@ def quantize_checkpoint(
                     "cle_float_miou": evaluate_miou(equalized, val, torch.device("cpu"), recipe.train.batch_size)}
     qmodel.meta = {
         **cle_meta, "rank_weight_sha256": qmodel.prepared.meta.get("rank_weight_sha256"), "world_size": ctx.world,
-        "recipe": recipe.to_dict(), "source_checkpoint_sha256": sha256_file(checkpoint),
+        "recipe": recipe.to_dict(), "source_checkpoint_sha256": sha256_file(checkpoint), "calibration_split": calib_split,
         "float_miou": float_miou, "int8_miou": int8_miou, "miou_drop_points": 100 * (float_miou - int8_miou),
         "sqnr_db": sqnr, "agreement": agreement, "evaluated_on": "int8 Q/DQ reference program (PyTorch, cpu)",
     }
