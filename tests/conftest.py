@@ -97,13 +97,17 @@ def quick_calib(quick_recipe):
 
 
 class HeadModels:
-    """Each head trained on the quick recipe for half its epochs (4), on first use: head -> float model."""
+    """Each head trained on the quick recipe for half its epochs (4), on first use: head -> float model.
+    A key `head@backbone` trains the head on that backbone."""
 
     def __init__(self, root, recipe) -> None:
         self.root, self.recipe, self._done = root, recipe, {}
 
     def recipe_for(self, head: str):
-        return self.recipe.replace(model={"head": head}, train={"epochs": 4})
+        """`head`, or `head@backbone` (e.g. `lraspp@mobilenet_v3_large`) for another backbone."""
+        name, _, backbone = head.partition("@")
+        model = {"head": name, **({"backbone": backbone} if backbone else {})}
+        return self.recipe.replace(model=model, train={"epochs": 4})
 
     def checkpoint(self, head: str):
         if head not in self._done:

@@ -22,6 +22,7 @@ from aspp_edge.export.tflite import read_metadata, tflite_summary
 from aspp_edge.models import list_models
 from aspp_edge.quantize import quantize
 from aspp_edge import runtime
+from aspp_edge.runtime.litert import xnnpack_delegation
 
 FP32_MAX_ABS = 1e-3  # fp32 artifact logits vs PyTorch float (issue threshold)
 # int8 artifact vs the PyTorch int8 program. The issue asks 0.99 agreement; every head trained on
@@ -40,12 +41,15 @@ SE_HEADS = {"se_aspp", "sep_se_aspp", "lraspp"}
 # conversion by test_mil; every other head's Core ML conversion is checked in test_mil too. The
 # other heads' matrices are marked slow (`pytest -m slow`), to keep `make test` well under 10
 # minutes: one head's six exports cost about two minutes of CPU.
-CORE_HEADS = ("lraspp",)
+# MobileNetV3 (`head@backbone`): its int8 scheme (hardswish, hardsigmoid gates, SE means and
+# multiplies) is checked in `make test` on LR-ASPP; the separable head on it with the slow matrix.
+CORE_HEADS = ("lraspp", "lraspp@mobilenet_v3_large")
+MNV3_HEADS = ("lraspp@mobilenet_v3_large", "sep_aspp@mobilenet_v3_large")
 HEAD = "lraspp"  # the trained head the single-artifact tests below use (its exports are shared with the matrix)
 
 
 def _heads():
-    return [h if h in CORE_HEADS else pytest.param(h, marks=pytest.mark.slow) for h in list_models()]
+    return [h if h in CORE_HEADS else pytest.param(h, marks=pytest.mark.slow) for h in (*list_models(), *MNV3_HEADS)]
 
 
 class Sources:
@@ -58,10 +62,10 @@ class Sources:
         if head not in self._cache:
             recipe = self.heads.recipe_for(head)
             ckpt = self.heads.checkpoint(head)
-            source = from_checkpoint(ckpt, recipe, name=f"quick_{head}")
+            source = from_checkpoint(ckpt, recipe, name=f"quick_{head.replace('@', '_')}")
             q = quantize(source.model, PTQConfig(observer="minmax"), calibration=self.calib)
             q.meta = {"recipe": recipe.to_dict(), "source_checkpoint_sha256": source.checkpoint_sha256}
-            pt2 = q.save(self.root / head, f"quick_{head}_ptq")
+            pt2 = q.save(self.root / head, f"quick_{head.replace('@', '_')}_ptq")
             self._cache[head] = from_quantized(pt2, source)
         return self._cache[head]
 
@@ -150,6 +154,9 @@ def test_every_backend_every_head(head, sources, artifacts, val_images):
                 # the whole graph is int8: Q/DQ only at the float I/O, none inside, SE heads included
                 assert info["qdq_inside"] == [], info["qdq_inside"]
                 assert [s.split()[0] for s in info["qdq_at_io"]] == ["QUANTIZE", "DEQUANTIZE"]
+                # and LiteRT's XNNPACK delegate takes all of it: one partition, nothing left to builtin kernels
+                xnnpack = xnnpack_delegation(path)
+                assert (xnnpack["partitions"], xnnpack["ops_outside"]) == (1, {}), xnnpack
                 if head in SE_HEADS:
                     assert info["ops"].get("LOGISTIC", 0) >= 1  # the gate runs as int8 LOGISTIC
     a, b = outputs["executorch", "int8"].argmax(1), outputs["tflite", "int8"].argmax(1)

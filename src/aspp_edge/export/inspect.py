@@ -26,6 +26,9 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
     info: dict[str, Any] = {"path": str(path), "size_bytes": artifact_size(path), "format": path.suffix.lstrip(".")}
     info["file"] = readers[path.suffix](path)
     if path.suffix == ".tflite":
+        from ..runtime.litert import xnnpack_delegation  # loads the model in LiteRT (function-level: runtime imports export)
+
+        info["file"]["xnnpack"] = xnnpack_delegation(path)
         info["file"]["metadata"], files = read_metadata(path)
         info["file"]["associated_files"] = sorted(files)
     try:
@@ -68,6 +71,11 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(f"  ops       {_hist(f['ops'])}")
         lines.append(f"  Q/DQ at I/O   {len(f['qdq_at_io'])}: {'; '.join(f['qdq_at_io']) or '-'}")
         lines.append(f"  Q/DQ inside   {len(f['qdq_inside'])} (float islands): {'; '.join(f['qdq_inside']) or '-'}")
+        xnn = f.get("xnnpack")
+        if xnn:
+            outside = _hist(xnn["ops_outside"]) if xnn["ops_outside"] else "none"
+            lines.append(f"  XNNPACK   {xnn['partitions']} partition(s); ops outside: {outside}")
+            lines.extend(f"    {name}: {why}" for name, why in xnn["why"].items())
         md = f.get("metadata") or {}
         lines.append(f"  metadata  {json.dumps(md) if md else '(none)'}; associated files {f.get('associated_files')}")
     else:

@@ -29,6 +29,7 @@ from ..distributed import init_distributed, sync_and_hash
 from ..evaluate.metrics import confusion_matrix, mean_iou
 from .ptq import export_dynamic_batch
 from .quantizers import BN_TRAINING_TARGETS, build_quantizer
+from .rewrites import integer_friendly
 
 BN_TRAINING_ARG = 5  # `training` is the sixth argument of every BN_TRAINING_TARGETS overload
 DROPOUT_TARGETS = {torch.ops.aten.dropout.default, torch.ops.aten.dropout_.default}
@@ -74,7 +75,9 @@ def qat(
     torch.manual_seed(config.seed)
     teacher = copy.deepcopy(model).eval().to(device) if config.distill > 0 else None
     model = copy.deepcopy(model).train()
-    prepared = prepare_qat_pt2e(export_dynamic_batch(model, batches[0]).module(), build_quantizer(qat=True, observer=config.observer, per_channel=config.per_channel))
+    exported = export_dynamic_batch(model, batches[0]).module()
+    integer_friendly(exported)
+    prepared = prepare_qat_pt2e(exported, build_quantizer(qat=True, observer=config.observer, per_channel=config.per_channel))
     prepared.to(device)
 
     # Initialise the fake-quant ranges on the calibration set with the BN statistics held.

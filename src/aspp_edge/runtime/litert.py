@@ -49,3 +49,38 @@ class LiteRTRunner(Runner):
         self.interpreter.set_tensor(self._in["index"], x)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._out["index"])
+
+
+# Why an op stays outside LiteRT's XNNPACK delegate in an int8 graph (read from the delegate's
+# operator visitors: these accept float tensors only), for `aspp-edge inspect`.
+FLOAT_ONLY_IN_XNNPACK = {
+    "HARD_SWISH": "LiteRT's XNNPACK delegate runs HARD_SWISH in float only; int8 runs in the single-threaded builtin kernel",
+    "RELU_0_TO_1": "LiteRT's XNNPACK delegate runs RELU_0_TO_1 in float only",
+}
+
+
+def xnnpack_delegation(path: str | Path, *, threads: int = 1) -> dict:
+    """How LiteRT's default XNNPACK delegate takes the model: its partitions and the ops it leaves out.
+
+    Read from the interpreter after it applied the delegate: every DELEGATE node is one partition,
+    and an op whose output feeds a partition without coming out of one runs outside XNNPACK."""
+    cls, runtime = interpreter_class()
+    try:
+        interpreter = cls(model_path=str(path), num_threads=threads)
+        interpreter.allocate_tensors()
+        ops = interpreter._get_ops_details()  # noqa: SLF001 - the Interpreter's only per-op view
+    except Exception as exc:
+        raise AsppEdgeError(f"{str(path)!r} could not be loaded by {runtime}: {exc}") from exc
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    into = {int(t) for op in delegates for t in op["inputs"]}
+    out_of = {int(t) for op in delegates for t in op["outputs"]}
+    outside: dict[str, int] = {}
+    for op in ops:
+        outputs = {int(t) for t in op["outputs"]}
+        if op["op_name"] != "DELEGATE" and (not delegates or (outputs & into and not outputs & out_of)):
+            outside[op["op_name"]] = outside.get(op["op_name"], 0) + 1
+    return {
+        "partitions": len(delegates),
+        "ops_outside": dict(sorted(outside.items())),
+        "why": {name: FLOAT_ONLY_IN_XNNPACK[name] for name in outside if name in FLOAT_ONLY_IN_XNNPACK},
+    }
