@@ -66,7 +66,8 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(f"  non-delegated ops  {_hist(f['non_delegated_ops'])}")
         if m and "conv_mac_fraction" in m["backend_info"]:
             b = m["backend_info"]
-            lines.append(f"  delegated {b['nodes_delegated']}/{b['nodes_total']} nodes, {100 * b['conv_mac_fraction']:.1f}% of conv MACs (at export)")
+            macs = "conv MACs unknown (none counted)" if b["conv_mac_fraction"] is None else f"{100 * b['conv_mac_fraction']:.1f}% of conv MACs"
+            lines.append(f"  delegated {b['nodes_delegated']}/{b['nodes_total']} nodes, {macs} (at export)")
     elif info["format"] == "tflite":
         lines.append(f"  ops       {_hist(f['ops'])}")
         lines.append(f"  Q/DQ at I/O   {len(f['qdq_at_io'])}: {'; '.join(f['qdq_at_io']) or '-'}")
