@@ -187,6 +187,18 @@ def _cmd_run(args: argparse.Namespace) -> None:
     print(f"report: {s.report['report.md']}")
 
 
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from .sweep import SweepConfig, sweep
+
+    config = SweepConfig(models=args.models, backbone=args.backbone, size=args.size, width=args.width, classes=args.classes,
+                         output_stride=args.output_stride, backends=args.backends, threads=args.threads, runs=args.runs,
+                         warmup=args.warmup, head_channels=args.head_channels, calib_size=args.calib_size, recipe=args.recipe,
+                         peaks=not args.no_peaks)
+    result = sweep(config, args.out, force=args.force)
+    print("\n" + result.summary)
+    print(f"report: {result.paths['sweep.md']} (+ sweep.json, sweep.png)")
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .config import load_recipe
     from .pipeline import eval_artifacts
@@ -337,6 +349,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--for-apps", default=None, metavar="DIR", help="install the best int8 artifact per backend into the demo apps under DIR (mobile_demo)")
     _model_options(p, several=True)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("sweep", help="deploy-size latency: every model x backend x fp32/int8, each timed in its own process", formatter_class=fmt)
+    p.add_argument("--models", default="sep_aspp,aspp,lraspp@mobilenet_v3_large,torchvision:lraspp_mobilenet_v3_large",
+                   help="comma-separated: HEAD (on --backbone), HEAD@BACKBONE, 'all' (every head), or a brought model "
+                        "(torchvision:NAME, smp:ARCH, module.path:callable)")
+    p.add_argument("--backbone", default="mobilenet_v2", help="backbone of heads given without @BACKBONE")
+    p.add_argument("--size", type=int, default=512, help="input side (a multiple of the output stride)")
+    p.add_argument("--width", type=float, default=1.0, help="backbone width multiplier")
+    p.add_argument("--classes", type=int, default=21, help="output classes (21: VOC's names)")
+    p.add_argument("--output-stride", type=int, default=16, help="8 or 16")
+    p.add_argument("--backends", default="executorch,tflite,coreml", help="'all' or comma-separated: executorch, tflite, coreml")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per artifact")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
+    p.add_argument("--head-channels", type=int, default=None, help="ASPP channels (default: each head's own)")
+    p.add_argument("--calib-size", type=int, default=8, help="synthetic calibration images (activation ranges only)")
+    p.add_argument("--recipe", default="default", help="base recipe: normalization, synthetic data seed, PTQ observer")
+    p.add_argument("--no-peaks", action="store_true", help="skip the runtimes' 1x1-convolution throughput reference")
+    p.add_argument("--out", default="runs/sweep", help="output directory (re-running with it skips finished stages)")
+    p.add_argument("--force", action="store_true", help="sweep into an out dir that holds a `run`")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("eval", help="accuracy of artifacts against their float reference on the val split", formatter_class=fmt)
     p.add_argument("artifacts", nargs="+", help=".pte, .tflite or .mlpackage files (with their manifests)")

@@ -71,7 +71,11 @@ class ModelConfig:
 class DataConfig:
     dataset: str = "synthetic"
     root: str | None = None  # folder dataset: the VOC-style root
-    classes: tuple[str, ...] | None = None  # folder dataset: class names, index order
+    # Class names, index order. Folder datasets: required. Synthetic: unset means its own 6 classes;
+    # set, it names the model's outputs (e.g. VOC's 21 at deploy size, where the logits' size matters
+    # for latency) and only the unlabelled calib images may be drawn (data.build_dataset refuses
+    # train/val when the count differs from the scenes' 6 classes).
+    classes: tuple[str, ...] | None = None
     resolution: int = 128
     train_size: int = 2000  # synthetic dataset: number of train scenes
     val_size: int = 200  # synthetic dataset: number of val scenes
@@ -256,7 +260,7 @@ class Recipe:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        if self.data.dataset == "synthetic":
+        if self.data.dataset == "synthetic" and self.data.classes is None:
             from .data.synthetic import CLASSES
 
             return CLASSES
@@ -266,7 +270,7 @@ class Recipe:
     @property
     def class_colors(self) -> tuple[tuple[int, int, int], ...]:
         """One RGB colour per class, for masks and overlays (synthetic palette, else VOC's)."""
-        if self.data.dataset == "synthetic":
+        if self.data.dataset == "synthetic" and self.data.classes is None:
             from .data.synthetic import COLORS
 
             return COLORS

@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from ..config import Recipe
+from ..errors import ConfigError
 from .folder import FolderSegmentation, has_split_file
+from .synthetic import CLASSES as SYNTHETIC_CLASSES
 from .synthetic import SyntheticSegmentation
 from .transforms import IGNORE_INDEX, eval_transforms, train_transforms
 
@@ -27,6 +29,12 @@ def build_dataset(recipe: Recipe, split: str, *, augment: bool | None = None) ->
     else:
         tf = eval_transforms(d.resolution, d.mean, d.std)
     if d.dataset == "synthetic":
+        if d.classes is not None and len(d.classes) != len(SYNTHETIC_CLASSES) and split != CALIB_SPLIT:
+            raise ConfigError(
+                f"data.classes names {len(d.classes)} classes but the synthetic scenes are labelled with {len(SYNTHETIC_CLASSES)} "
+                f"({', '.join(SYNTHETIC_CLASSES)}): its {split!r} split cannot be built; only the unlabelled {CALIB_SPLIT!r} "
+                "images (calibration, latency) can. Unset data.classes to train on synthetic data"
+            )
         length = d.val_size if split == "val" else d.train_size  # calib: a pool the calibration set is drawn from
         return SyntheticSegmentation(split, size=d.resolution, length=length, seed=d.seed, transform=tf)
     assert d.root is not None and d.classes is not None
