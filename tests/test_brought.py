@@ -1,0 +1,445 @@
+"""Models people bring (issue 16): torchvision:NAME, smp:ARCH and module.path:callable through
+training, PTQ/QAT, all three exports (loaded back in their runtimes), manifests and the report.
+
+Setup of the export tests in `make test`: the quick recipe's synthetic data (64x64, 6 classes) with
+TRAIN_SIZE scenes; each brought model trains BROUGHT_EPOCHS epochs (AdamW, lr 0.01), is PTQ'd
+(minmax) on the calibration images, and its int8 artifacts are compared with the float model on
+VAL_IMAGES val images: argmax agreement >= 0.99 and logits SQNR >= 15 dB. So briefly trained, the
+two torchvision MobileNetV3-Large models still predict background almost everywhere (val mIoU
+0.13: confident, but one class), so their agreement is easy and the SQNR floor is the check that
+could fail; SMP's DeepLabV3+ already separates some shapes (mIoU 0.17 after 3 epochs on 256
+scenes; agreement 0.997 on all three backends). The slow tests train the quick recipe as it is
+(8 epochs, 512 scenes) and hold every method x backend x precision to the same floors.
+
+Cost: each brought model's int8 lowerings dominate (the MobileNetV3-Large graphs take tens of
+seconds per backend on the 2-core CPU machine), so `make test` holds PTQ -> all three backends
+for each model and one QAT path (SMP -> ExecuTorch); QAT to every backend, the fp32 exports, the
+side-by-side run with our heads and three of the four observers are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from aspp_edge.cli import main
+from aspp_edge.config import Recipe, load_recipe
+from aspp_edge.errors import CheckpointError, ConfigError
+from aspp_edge.export.manifest import read_manifest, validate_manifest
+from aspp_edge.models import BroughtModel, build_brought, model_from_recipe
+from aspp_edge.models.brought import parse_spec, to_logits
+
+HERE = __name__  # importable as a module path: the factories below are `tests.test_brought:NAME`
+FACTORY = f"{HERE}:tiny_segmenter"
+NUM_CLASSES = 6  # the quick recipe's synthetic data
+BROUGHT_EPOCHS, TRAIN_SIZE, VAL_IMAGES = 2, 128, 16
+# int8 artifact vs the float model (argmax agreement over VAL_IMAGES val images). The issue asks
+# >= 0.99 where the model is trained enough to have confident pixels (see the module docstring).
+INT8_AGREEMENT = 0.99
+INT8_SQNR_DB = 15.0  # logits of each int8 artifact vs the float model's
+FP32_AGREEMENT = 0.999
+
+
+# -- factories the `module.path:callable` form imports ----------------------------------------------
+class TinySeg(nn.Module):
+    """A small stride-4 net that returns {"out": low-resolution logits, "aux": ...}, as torchvision's do."""
+
+    def __init__(self, num_classes: int, width: int = 8, act: str = "relu") -> None:
+        super().__init__()
+        a = {"relu": nn.ReLU, "hardswish": nn.Hardswish}[act]
+        self.body = nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), a()),
+            nn.Sequential(nn.Conv2d(width, width, 3, 2, 1, groups=width, bias=False), nn.BatchNorm2d(width), a()),
+            nn.Sequential(nn.Conv2d(width, 2 * width, 1, bias=False), nn.BatchNorm2d(2 * width), a()),
+        )
+        self.classifier = nn.Conv2d(2 * width, num_classes, 1)
+
+    def forward(self, x):
+        logits = self.classifier(self.body(x))
+        return {"out": logits, "aux": logits.detach()}
+
+
+def tiny_segmenter(num_classes: int, width: int = 8, act: str = "relu") -> nn.Module:
+    return TinySeg(num_classes, width, act)
+
+
+def tuple_segmenter(num_classes: int) -> nn.Module:
+    class TupleOut(TinySeg):
+        def forward(self, x):
+            return self.classifier(self.body(x)), torch.zeros(1)
+
+    return TupleOut(num_classes)
+
+
+def three_class_segmenter() -> nn.Module:  # no num_classes parameter: always 3 classes
+    return TinySeg(3)
+
+
+def classifier_factory(num_classes: int) -> nn.Module:  # logits N x C: not a segmentation model
+    return nn.Sequential(nn.Conv2d(3, num_classes, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def not_a_module(num_classes: int):
+    return 42
+
+
+# -- the spec, the adapter and bad input ------------------------------------------------------------
+def test_spec_forms():
+    assert parse_spec("torchvision:lraspp_mobilenet_v3_large").kind == "torchvision"
+    assert parse_spec("smp:DeepLabV3Plus").kind == "smp"
+    spec = parse_spec(f"{HERE}:tiny_segmenter")
+    assert (spec.kind, spec.module, spec.name) == ("module", HERE, "tiny_segmenter")
+
+
+def test_adapter_upsamples_and_unwraps():
+    low = torch.randn(2, NUM_CLASSES, 16, 16)
+    want = nn.functional.interpolate(low, size=(64, 64), mode="bilinear", align_corners=False)
+    for out in (low, {"out": low, "aux": low * 0}, {"logits": low}, (low, "labels"), [low]):
+        torch.testing.assert_close(to_logits(out, (64, 64), NUM_CLASSES, "m"), want)
+    assert to_logits(want, (64, 64), NUM_CLASSES, "m") is want  # already at the input size: untouched
+    with pytest.raises(ConfigError, match=r"returns a tensor of shape 2x6 \(rank 2\); expected logits N x 6 x H x W"):
+        to_logits(torch.zeros(2, 6), (64, 64), NUM_CLASSES, "m")
+    with pytest.raises(ConfigError, match=r"dict with keys \['a', 'b'\]"):
+        to_logits({"a": low, "b": low}, (64, 64), NUM_CLASSES, "m")
+
+
+def test_tuple_output_and_factory_model_adapted():
+    m = build_brought(f"{HERE}:tuple_segmenter", num_classes=NUM_CLASSES, input_size=64).eval()
+    assert isinstance(m, BroughtModel)
+    assert m(torch.zeros(2, 3, 64, 64)).shape == (2, NUM_CLASSES, 64, 64)
+
+
+def _cli_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("spec, args, match", [
+    ("hub:foo", [], r"unknown model source prefix 'hub:' in 'hub:foo'; valid forms: torchvision:NAME, smp:ARCH, module.path:callable"),
+    ("torchvision:resnet18", [], r"unknown torchvision segmentation builder 'resnet18'; valid choices: deeplabv3_mobilenet_v3_large, .*lraspp_mobilenet_v3_large"),
+    ("no_such_pkg.models:build", [], r"cannot import module 'no_such_pkg.models' .*ModuleNotFoundError"),
+    (f"{HERE}:no_such_factory", [], rf"module '{HERE}' has no 'no_such_factory'; its callables: .*tiny_segmenter"),
+    (f"{HERE}:not_a_module", [], rf"model source '{HERE}:not_a_module' returned int, not a torch.nn.Module"),
+    (f"{HERE}:three_class_segmenter", [], r"returns logits of shape 1x3x16x16: 3 classes; expected 6"),
+    (f"{HERE}:classifier_factory", [], r"returns a tensor of shape 1x6 \(rank 2\); expected logits N x 6 x H x W"),
+    (f"{HERE}:tiny_segmenter", ["--model-arg", "depth=3"], r"failed to build: TypeError: .*depth"),
+    ("torchvision:lraspp_mobilenet_v3_large", ["--model-arg", "weights_backbone=IMAGENET1K_V1"], r"model.args 'weights_backbone' is set by aspp-edge"),
+    ("smp:DeepLabV3Plus", ["--model-arg", "encoder_weights=imagenet"], r"encoder_weights 'imagenet' would be downloaded"),
+    ("smp:DeepLabv3plus", [], r"unknown smp architecture 'DeepLabv3plus'; valid choices: .*DeepLabV3Plus"),
+])
+def test_bad_model_specs_are_one_line_and_write_nothing(spec, args, match, capsys, tmp_path):
+    out = tmp_path / "out"
+    for command in (["train", "--recipe", "quick", "--out", str(out)], ["run", "--recipe", "quick", "--out", str(out)]):
+        err = _cli_error(capsys, [*command, "--model", spec, *args])
+        assert err.startswith("aspp-edge: error: ")
+        import re
+
+        assert re.search(match, err), err
+        assert not out.exists()
+
+
+def test_smp_without_the_extra_names_the_pip_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "segmentation_models_pytorch", None)  # import raises ImportError
+    err = _cli_error(capsys, ["train", "--recipe", "quick", "--out", str(tmp_path / "o"), "--model", "smp:DeepLabV3Plus"])
+    assert "pip install 'aspp-edge[smp]'" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_weights_load_and_mismatched_keys_are_named(tmp_path, capsys):
+    torch.manual_seed(0)
+    raw = tiny_segmenter(NUM_CLASSES)
+    good = tmp_path / "good.pt"
+    torch.save(raw.state_dict(), good)
+    m = build_brought(f"{HERE}:tiny_segmenter", num_classes=NUM_CLASSES, input_size=64, weights=good).eval()
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(m(x), to_logits(raw.eval()(x), (64, 64), NUM_CLASSES, "raw"))
+    bad = tmp_path / "bad.pt"
+    state = raw.state_dict()
+    state["extra.weight"] = state.pop("classifier.weight")
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError, match=r"1 missing keys \(first 'classifier.weight'\); 1 unexpected keys \(first 'extra.weight'\)"):
+        build_brought(f"{HERE}:tiny_segmenter", num_classes=NUM_CLASSES, input_size=64, weights=bad)
+    err = _cli_error(capsys, ["train", "--recipe", "quick", "--out", str(tmp_path / "o"), "--model", f"{HERE}:tiny_segmenter",
+                              "--weights", str(bad)])
+    assert "missing keys (first 'classifier.weight')" in err and not (tmp_path / "o").exists()
+
+
+def test_epochs_zero_keeps_the_given_weights(tmp_path):
+    from aspp_edge.checkpoint import load_model
+
+    torch.manual_seed(0)
+    raw = tiny_segmenter(NUM_CLASSES).eval()
+    torch.save(raw.state_dict(), tmp_path / "w.pt")
+    recipe = _recipe_file(tmp_path, {"source": FACTORY, "weights": str(tmp_path / "w.pt")}, train={"epochs": 0})
+    assert main(["train", "--recipe", recipe, "--out", str(tmp_path / "t")]) == 0
+    model, _, ckpt = load_model(tmp_path / "t" / "float.pt")
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(model(x), to_logits(raw(x), (64, 64), NUM_CLASSES, "raw"))
+    assert 0 <= ckpt["val_miou"] <= 1 and ckpt["history"] == []
+
+
+def test_recipe_model_section_round_trips_and_rejects_strays():
+    r = load_recipe("quick").replace(model={"source": "smp:DeepLabV3Plus", "args": {"encoder_name": "mobilenet_v2", "encoder_weights": None}})
+    assert Recipe.from_dict(json.loads(r.to_json())) == r
+    with pytest.raises(ConfigError, match="model.args and model.weights belong to a brought model"):
+        load_recipe("quick").replace(model={"args": {"x": 1}})
+    with pytest.raises(ConfigError, match="recipe key 'model.args' must be a mapping"):
+        load_recipe("quick").replace(model={"source": "smp:Unet", "args": [1]})
+
+
+@pytest.mark.parametrize("observer", ["mse", *(pytest.param(o, marks=pytest.mark.slow) for o in ("minmax", "ema", "percentile"))])
+def test_every_observer_quantizes_a_brought_model(observer):
+    from aspp_edge.config import PTQConfig
+    from aspp_edge.evaluate.metrics import logits_sqnr_db
+    from aspp_edge.quantize import quantize
+
+    torch.manual_seed(0)
+    model = build_brought(FACTORY, {"width": 8}, num_classes=NUM_CLASSES, input_size=64).eval()
+    batches = [torch.randn(8, 3, 64, 64) for _ in range(2)]
+    converted = quantize(model, PTQConfig(observer=observer, calib_size=16), calibration=batches).convert()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        assert logits_sqnr_db(converted(x), model(x)) > 15.0
+
+
+def test_cle_on_brought_models(capsys):
+    from aspp_edge.calibration.equalize import NO_CHAINS, EqualizeReport, equalize
+
+    torch.manual_seed(0)
+    relu = build_brought(f"{HERE}:tiny_segmenter", num_classes=NUM_CLASSES, input_size=64).eval()
+    report = EqualizeReport()
+    eq = equalize(relu, report)
+    assert report.pairs == 2 and not report.note  # (stride-2 conv -> depthwise), (depthwise -> pointwise)
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(eq(x), relu(x), atol=1e-4, rtol=1e-4)  # ReLU chains: the same function
+    hswish = build_brought(f"{HERE}:tiny_segmenter", {"act": "hardswish"}, num_classes=NUM_CLASSES, input_size=64).eval()
+    report = EqualizeReport()
+    equalize(hswish, report)
+    assert (report.pairs, report.note) == (0, NO_CHAINS)
+    assert NO_CHAINS in capsys.readouterr().err
+
+
+def test_run_plans_heads_and_brought_models_side_by_side():
+    from aspp_edge.cli import _model_entries, parse_args
+    from aspp_edge.pipeline import plan_models
+
+    quick = load_recipe("quick")
+    argv = ["run", "--recipe", "quick", "--heads", "sep_aspp,lraspp", "--model", f"{FACTORY},{HERE}:tuple_segmenter",
+            "--model", "{source: " + FACTORY + ", args: {width: 4}}"]
+    args = parse_args(argv)
+    with pytest.raises(ConfigError, match="'tests.test_brought-tiny_segmenter' is asked for twice"):
+        plan_models(quick, args.heads, _model_entries(args))
+    entries = plan_models(quick, "sep_aspp,lraspp", [FACTORY, {"source": f"{HERE}:tuple_segmenter", "args": {}}])
+    assert [k for k, _ in entries] == ["sep_aspp", "lraspp", "tests.test_brought-tiny_segmenter", "tests.test_brought-tuple_segmenter"]
+    assert [r.model.source for _, r in entries] == [None, None, FACTORY, f"{HERE}:tuple_segmenter"]
+    assert all(r.data == quick.data and r.ptq == quick.ptq and r.qat == quick.qat for _, r in entries)  # same data, same scheme
+    assert [k for k, _ in plan_models(quick, None, None)] == ["sep_aspp"]
+    with pytest.raises(ConfigError, match="--model-arg and --weights apply to exactly one --model; got 2"):
+        _model_entries(parse_args(["run", "--model", f"{FACTORY},{FACTORY}", "--model-arg", "width=4"]))
+    one = _model_entries(parse_args(["run", "--model", FACTORY, "--model-arg", "width=4", "--model-arg", "act=hardswish"]))
+    assert one == [{"source": FACTORY, "args": {"width": 4, "act": "hardswish"}}]
+
+
+# -- every stage on the brought models --------------------------------------------------------------
+BROUGHT = [
+    pytest.param("torchvision:lraspp_mobilenet_v3_large", {}, id="tv-lraspp"),
+    pytest.param("torchvision:deeplabv3_mobilenet_v3_large", {}, id="tv-deeplabv3"),
+    pytest.param("smp:DeepLabV3Plus", {"encoder_name": "mobilenet_v2", "decoder_channels": 32}, id="smp-deeplabv3plus"),
+    pytest.param(f"{HERE}:tiny_segmenter", {"width": 16}, id="factory"),
+]
+
+
+class Brought:
+    """Per spec, on first use: the float model trained on the quick data and its int8 programs.
+    `full=False`: TRAIN_SIZE scenes, BROUGHT_EPOCHS epochs (make test); True: the quick recipe as
+    it is (512 scenes, 8 epochs; the slow tests)."""
+
+    def __init__(self, root, full: bool = False) -> None:
+        self.root, self.full, self._ckpt, self._ptq = root, full, {}, {}
+
+    def recipe(self, source: str, args: dict) -> Recipe:
+        quick = load_recipe("quick").replace(model={"source": source, "args": args})
+        return quick if self.full else quick.replace(data={"train_size": TRAIN_SIZE}, train={"epochs": BROUGHT_EPOCHS})
+
+    def checkpoint(self, source: str, args: dict):
+        from aspp_edge.train import train
+
+        if source not in self._ckpt:
+            self._ckpt[source] = train(self.recipe(source, args), self.root / _key(source) / "float", progress=False)
+        return self._ckpt[source].checkpoint
+
+    def program(self, source: str, args: dict, method: str = "ptq"):
+        from aspp_edge.quantize.job import quantize_checkpoint
+
+        if (source, method) not in self._ptq:
+            self._ptq[source, method] = quantize_checkpoint(self.recipe(source, args), self.checkpoint(source, args), method,
+                                                            self.root / _key(source) / "quant", name=f"{_key(source)}_{method}",
+                                                            progress=False)
+        return self._ptq[source, method]
+
+
+def _key(source: str) -> str:
+    from aspp_edge.models.brought import slug
+
+    return slug(source)
+
+
+@pytest.fixture(scope="session")
+def brought(tmp_path_factory):
+    return Brought(tmp_path_factory.mktemp("brought"))
+
+
+@pytest.fixture(scope="session")
+def brought_trained(tmp_path_factory):
+    return Brought(tmp_path_factory.mktemp("brought-trained"), full=True)
+
+
+def _val(recipe: Recipe) -> torch.Tensor:
+    from aspp_edge.data import build_dataset
+
+    val = build_dataset(recipe, "val")
+    return torch.stack([val[i][0] for i in range(VAL_IMAGES)])
+
+
+def _exports(brought, source, args, method, backends, tmp_path, *, fp32=False):
+    """Export the program (and the float model) to `backends`, load each back, and return
+    {(backend, precision): (agreement with the float model, manifest)}."""
+    from aspp_edge import runtime
+    from aspp_edge.export import export, from_checkpoint, from_quantized
+
+    recipe = brought.recipe(source, args)
+    result = brought.program(source, args, method)
+    src = from_quantized(result.program, from_checkpoint(brought.checkpoint(source, args), recipe))
+    images = _val(recipe)
+    from aspp_edge.evaluate.metrics import logits_sqnr_db
+
+    with torch.no_grad():
+        ref_logits = src.model(images).numpy()
+    ref = ref_logits.argmax(1)
+    out = {}
+    for backend in backends:
+        for precision in (["int8"] + (["fp16" if backend == "coreml" else "fp32"] if fp32 else [])):
+            artifact = export(src, backend, precision, tmp_path)
+            runner = runtime.load(artifact)
+            logits = runner.predict(images.numpy())
+            assert logits.shape == (VAL_IMAGES, NUM_CLASSES, 64, 64)
+            manifest = read_manifest(artifact)
+            out[backend, precision] = (float((logits.argmax(1) == ref).mean()), manifest, artifact, runner.evaluated_by,
+                                       logits_sqnr_db(logits, ref_logits))
+    return out, result
+
+
+def _check_manifest(manifest, source, args):
+    validate_manifest(manifest)
+    model = manifest["model"]
+    assert model["source"] == source and model["args"] == args and model["num_classes"] == NUM_CLASSES
+    assert model["params"] > 0 and model["gmacs"] > 0
+    assert "head" not in model and "backbone" not in model  # never a built-in head it is not
+
+
+BACKENDS = ("executorch", "tflite", "coreml")
+
+
+@pytest.mark.parametrize("source, args", BROUGHT)
+def test_brought_model_ptq_to_every_backend(source, args, brought, tmp_path):
+    results, q = _exports(brought, source, args, "ptq", BACKENDS, tmp_path)
+    print(f"{source}: float mIoU {q.float_miou:.4f}, PTQ program agreement {q.agreement:.4f}, SQNR {q.sqnr_db:.1f} dB; "
+          + ", ".join(f"{b} {a:.4f} {db:.1f} dB" for (b, _), (a, _m, _a, _by, db) in results.items()))
+    for (backend, precision), (agreement, manifest, _, by, db) in results.items():
+        _check_manifest(manifest, source, args)
+        assert manifest["method"] == "ptq"
+        assert agreement >= INT8_AGREEMENT, f"{source} {backend} int8 ({by}): agreement {agreement:.4f} (float mIoU {q.float_miou:.3f})"
+        assert db >= INT8_SQNR_DB, f"{source} {backend} int8 ({by}): logits SQNR {db:.1f} dB"
+
+
+def test_brought_model_qat_to_executorch(brought, tmp_path):
+    source, args = "smp:DeepLabV3Plus", {"encoder_name": "mobilenet_v2", "decoder_channels": 32}
+    results, q = _exports(brought, source, args, "qat", ("executorch",), tmp_path)
+    agreement, manifest, artifact, _, db = results["executorch", "int8"]
+    print(f"{source} QAT: float mIoU {q.float_miou:.4f}, program agreement {q.agreement:.4f}; executorch {agreement:.4f} {db:.1f} dB")
+    _check_manifest(manifest, source, args)
+    assert manifest["method"] == "qat" and agreement >= INT8_AGREEMENT and db >= INT8_SQNR_DB, (agreement, db)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ptq", "qat"])
+@pytest.mark.parametrize("source, args", BROUGHT)
+def test_trained_brought_model_every_method_every_backend(source, args, method, brought_trained, tmp_path):
+    """The quick recipe as it is (8 epochs on 512 scenes): models with confident pixels of several classes."""
+    results, q = _exports(brought_trained, source, args, method, BACKENDS, tmp_path, fp32=method == "ptq")
+    print(f"{source} {method}: float mIoU {q.float_miou:.4f}; "
+          + ", ".join(f"{b} {p} {a:.4f} {db:.1f} dB" for (b, p), (a, _m, _a, _by, db) in results.items()))
+    for (backend, precision), (agreement, manifest, _, by, _db) in results.items():
+        _check_manifest(manifest, source, args)
+        floor = INT8_AGREEMENT if precision == "int8" else FP32_AGREEMENT if precision == "fp32" else 0.995
+        assert agreement >= floor, f"{source} {backend} {precision} ({by}): agreement {agreement:.4f}"
+
+
+# -- the run: report, manifests, demo and the apps name the brought model ---------------------------
+
+
+def _recipe_file(tmp_path, model: dict, **sections) -> str:
+    import yaml
+
+    sections = {"data": {"train_size": 64, "val_size": 16}, "train": {"epochs": 1}, "ptq": {"calib_size": 16}, **sections}
+    base = load_recipe("quick").replace(model=model, **sections)
+    path = tmp_path / "byom.yaml"
+    path.write_text(yaml.safe_dump(base.to_dict()))
+    return str(path)
+
+
+def test_run_with_a_factory_model_names_it_everywhere(tmp_path, capsys):
+    from aspp_edge.apps import install_for_apps
+    from aspp_edge.demo import run_demo
+    from aspp_edge.models.brought import slug
+
+    recipe = _recipe_file(tmp_path, {"source": FACTORY, "args": {"width": 8}})
+    out = tmp_path / "run"
+    assert main(["run", "--recipe", recipe, "--backends", "tflite", "--methods", "ptq", "--runs", "2", "--no-peaks",
+                 "--out", str(out)]) == 0
+    key = slug(FACTORY)
+    report = json.loads((out / "report.json").read_text())
+    ref = report["references"][key]
+    assert ref["model"]["source"] == FACTORY and ref["model"]["args"] == {"width": 8} and ref["params"] == ref["model"]["params"]
+    rows = report["artifacts"]
+    assert {r["head"] for r in rows} == {key} and len(rows) == 2
+    assert all(r["agreement"] is not None for r in rows)
+    assert f"`{key}`: {FACTORY}(width=8)" in (out / "report.md").read_text()
+    int8 = next(out / r["path"] for r in rows if r["backend"] == "tflite" and r["precision"] == "int8")
+    _check_manifest(read_manifest(int8), FACTORY, {"width": 8})
+    seg, _ = run_demo(int8, _sample_png(tmp_path, recipe), tmp_path / "overlay.png", runs=1)
+    assert seg.mask.shape == (64, 64)
+    apps = tmp_path / "apps"
+    (apps / "android").mkdir(parents=True)
+    (apps / "ios").mkdir()
+    index = install_for_apps([int8], apps, Recipe.from_dict(report["recipe"]))
+    assert index["artifacts"]["tflite"]["source_artifact"] == int8.name
+
+
+def _sample_png(tmp_path, recipe_path: str):
+    from PIL import Image
+
+    from aspp_edge.apps import sample_image
+
+    path = tmp_path / "sample.png"
+    Image.fromarray(sample_image(load_recipe(recipe_path))).save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_side_by_side_run_with_our_heads(tmp_path):
+    recipe = _recipe_file(tmp_path, {"head": "sep_aspp"})
+    out = tmp_path / "run"
+    assert main(["run", "--recipe", recipe, "--heads", "sep_aspp,lraspp", "--model", "torchvision:lraspp_mobilenet_v3_large",
+                 "--backends", "executorch,tflite", "--methods", "ptq", "--runs", "2", "--no-peaks", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["references"]) == ["sep_aspp", "lraspp", "torchvision-lraspp_mobilenet_v3_large"]
+    assert {r["head"] for r in report["artifacts"]} == set(report["references"])
+    assert "torchvision:lraspp_mobilenet_v3_large()" in (out / "report.md").read_text()
