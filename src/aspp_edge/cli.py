@@ -18,6 +18,10 @@ def _cmd_list(args: argparse.Namespace) -> None:
         print("heads:     " + ", ".join(list_models()))
         print("backbones: " + ", ".join(BACKBONES.names()))
         print("decoders:  " + ", ".join(DECODERS.names()))
+        from .models.brought import torchvision_builders
+
+        print("brought (--model): " + ", ".join(f"torchvision:{n}" for n in torchvision_builders())
+              + ", smp:ARCH (pip install 'aspp-edge[smp]'), module.path:callable")
         return
     from .models import create_model
     from .models.stats import model_stats
