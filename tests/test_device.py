@@ -56,22 +56,26 @@ def test_failed_runs_are_reported_with_the_tool_output(parse, name, message):
 
 def fake_adb(folder: Path, devices: str, log: Path) -> Path:
     """A stand-in for adb: lists `devices`, logs every call, answers getprop, and prints the sample
-    outputs for the benchmark binaries."""
+    outputs for the benchmark binaries. Each `shell` command line is split as the device's POSIX sh
+    would split it (quotes, and `;`, `&`, `|` as separate tokens) and logged to `<log>.shell.jsonl`."""
     script = folder / "adb"
     script.write_text(f"""#!{sys.executable}
-import sys
+import json, shlex, sys
 args = sys.argv[1:]
 open({str(log)!r}, "a").write(" ".join(args) + "\\n")
 if args[0] == "-s":
     args = args[2:]
+tokens = list(shlex.shlex(args[1], posix=True, punctuation_chars=True)) if args[0] == "shell" else []
+if tokens:
+    open({str(log) + ".shell.jsonl"!r}, "a").write(json.dumps(tokens) + "\\n")
 if args[0] == "devices":
     print("List of devices attached")
     print({devices!r})
-elif args[0] == "shell" and "getprop" in args[1]:
-    print({{"ro.product.model": "Pixel 8", "ro.build.version.release": "15", "ro.product.cpu.abi": "arm64-v8a"}}.get(args[1].split()[-1], ""))
-elif args[0] == "shell" and "benchmark_model --graph" in args[1]:
+elif tokens[:1] == ["getprop"]:
+    print({{"ro.product.model": "Pixel 8", "ro.build.version.release": "15", "ro.product.cpu.abi": "arm64-v8a"}}.get(tokens[-1], ""))
+elif tokens and tokens[0].endswith("/benchmark_model") and tokens[1].startswith("--graph="):
     print(open({str(DATA / "benchmark_model_percentiles.txt")!r}).read())
-elif args[0] == "shell" and "executor_runner --model_path" in args[1]:
+elif tokens and tokens[0].endswith("/executor_runner") and tokens[1].startswith("--model_path="):
     print(open({str(DATA / "executor_runner.txt")!r}).read())
 """)
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
@@ -108,6 +112,31 @@ def test_bench_device_pushes_runs_and_reports_host_schema_rows(quick_run, tmp_pa
     assert any("--graph=/data/local/tmp/aspp_edge/quick_sep_aspp_ptq_tflite_int8.tflite --num_threads=4 --num_runs=50" in c for c in calls)
     assert any("--model_path=/data/local/tmp/aspp_edge/quick_sep_aspp_ptq_executorch_int8.pte --num_executions=50 --cpu_threads=4" in c
                for c in calls)
+
+
+def test_file_names_with_spaces_and_semicolons_stay_one_argument(quick_run, tmp_path, binaries):
+    """The device's shell gets each file name as one quoted argument: a space does not split it
+    and a `;` does not end the command (nothing is injected)."""
+    import shutil
+
+    from aspp_edge.export.manifest import manifest_path
+
+    src = device_artifacts(quick_run)[0]
+    odd = tmp_path / "my model; touch pwned $(id).tflite"
+    shutil.copy2(src, odd)
+    shutil.copy2(manifest_path(src), manifest_path(odd))
+    log = tmp_path / "adb.log"
+    adb = fake_adb(tmp_path, "R5CX123\tdevice", log)
+    (row,) = bench_device([odd], tflite_benchmark=str(binaries["benchmark_model"]), adb=str(adb), threads=2, runs=7,
+                          progress=False)["artifacts"]
+    assert row["latency_ms"]["median"] == pytest.approx(2.301)
+    remote = f"/data/local/tmp/aspp_edge/{odd.name}"
+    commands = [json.loads(line) for line in (tmp_path / "adb.log.shell.jsonl").read_text().splitlines()]
+    assert ["/data/local/tmp/aspp_edge/benchmark_model", f"--graph={remote}", "--num_threads=2", "--num_runs=7", "--warmup_runs=5",
+            "--use_xnnpack=true", "--report_peak_memory_footprint=true"] in commands
+    assert ["rm", "-f", remote] in commands
+    assert not any(t in (";", "&", "&&", "|", "||") for tokens in commands for t in tokens), commands
+    assert any(line.endswith(f"push {odd} {remote}") for line in log.read_text().splitlines())  # adb push takes argv, no shell
 
 
 def test_bench_device_cli_writes_json(quick_run, tmp_path, binaries, capsys):

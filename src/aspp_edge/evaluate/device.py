@@ -174,6 +174,12 @@ def _sdk_adb() -> str | None:
     return None
 
 
+def remote_command(argv: list[str]) -> str:
+    """One command line for the device's shell (`adb shell` hands it to `sh -c`): each argument
+    quoted, so a file name with spaces, quotes or `;` stays one argument and runs nothing."""
+    return shlex.join(argv)
+
+
 def check_binaries(artifacts: list[Path], binaries: dict[str, str | None]) -> dict[str, Path]:
     """The binary each artifact type needs, given and present; else one error naming what is missing."""
     need: dict[str, Path] = {}
@@ -207,10 +213,10 @@ def bench_device(artifacts: list[str | Path], *, tflite_benchmark: str | None = 
         raise DeviceError(f"--threads {threads} and --runs {runs} must be at least 1, --warmup {warmup} at least 0")
     device = Adb(adb, serial)
     info = device.describe()
-    device.shell(f"mkdir -p {REMOTE_DIR}")
+    device.shell(f"mkdir -p {shlex.quote(REMOTE_DIR)}")
     for suffix, local in binaries.items():
         device.push(local, f"{REMOTE_DIR}/{BINARIES[suffix]}")
-        device.shell(f"chmod +x {REMOTE_DIR}/{BINARIES[suffix]}")
+        device.shell(f"chmod +x {shlex.quote(f'{REMOTE_DIR}/{BINARIES[suffix]}')}")
     rows = []
     from tqdm import tqdm
 
@@ -221,15 +227,18 @@ def bench_device(artifacts: list[str | Path], *, tflite_benchmark: str | None = 
         device.push(path, remote)
         binary = f"{REMOTE_DIR}/{BINARIES[path.suffix]}"
         if path.suffix == ".tflite":
-            cmd = (f"{binary} --graph={remote} --num_threads={threads} --num_runs={runs} --warmup_runs={warmup} "
-                   "--use_xnnpack=true --report_peak_memory_footprint=true")
+            argv = [binary, f"--graph={remote}", f"--num_threads={threads}", f"--num_runs={runs}", f"--warmup_runs={warmup}",
+                    "--use_xnnpack=true", "--report_peak_memory_footprint=true"]
+        else:
+            argv = [binary, f"--model_path={remote}", f"--num_executions={runs}", f"--cpu_threads={threads}"]
+        cmd = remote_command(argv)
+        if path.suffix == ".tflite":
             timing = parse_benchmark_model(device.shell(cmd))
             tool = "tflite benchmark_model"
         else:
-            cmd = f"{binary} --model_path={remote} --num_executions={runs} --cpu_threads={threads}"
             timing = parse_executor_runner(device.shell(cmd))
             tool = "executorch executor_runner"
-        device.shell(f"rm -f {remote}", check=False)
+        device.shell(remote_command(["rm", "-f", remote]), check=False)
         manifest = read_manifest(path)
         row = dict.fromkeys(ROW_FIELDS)
         row.update(
