@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from aspp_edge.cli import main
@@ -91,6 +92,69 @@ def test_overlay_blends_half_and_half():
     assert out.tolist() == [[[150, 75, 128], [128, 128, 128]]]  # half to even: 127.5 -> 128
 
 
+# Where each test image lands in the 64x64 input, by hand: scale s = min(64 / w, 64 / h), the box
+# round(w s) x round(h s), centred (offsets floored).
+HAND_BOXES = {
+    "rgb.png": Box(0, 11, 64, 41),  # 71 x 45: s = 64/71, 45 s = 40.56 -> 41 rows, (64 - 41) // 2 = 11
+    "rgba.png": Box(0, 11, 64, 41),
+    "grey.png": Box(0, 11, 64, 41),
+    "tall.jpg": Box(21, 0, 22, 64),  # 33 x 97: s = 64/97, 33 s = 21.77 -> 22 columns, (64 - 22) // 2 = 21
+    "square.png": Box(0, 0, 64, 64),
+}
+
+
+class RedDetector(torch.nn.Module):
+    """A hand-made segmenter whose mask is known: class 1 where the pixel's red value is above 127.5,
+    class 0 elsewhere, the other classes never. A 1x1 conv on the recipe-normalized input
+    x_R = (r / 255 - mean_R) / std_R: logit_1 = 4 (r / 255 - 0.5), logit_0 = 0, the rest -10."""
+
+    def __init__(self, recipe) -> None:
+        super().__init__()
+        n, (mean_r, std_r) = recipe.num_classes, (recipe.data.mean[0], recipe.data.std[0])
+        self.conv = torch.nn.Conv2d(3, n, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.fill_(-10.0)
+            self.conv.weight[1, 0] = 4 * std_r
+            self.conv.bias[0], self.conv.bias[1] = 0.0, 4 * (mean_r - 0.5)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.fixture(scope="module")
+def red_detector(tmp_path_factory):
+    """The hand-made model exported to a real .pte with its manifest, as `aspp-edge export` writes it."""
+    from aspp_edge.config import load_recipe
+    from aspp_edge.export import ExportSource, export
+
+    recipe = load_recipe("quick")
+    source = ExportSource(recipe, model=RedDetector(recipe).eval(), name="red_detector")
+    return export(source, "executorch", "fp32", tmp_path_factory.mktemp("red"))
+
+
+def red_scene() -> tuple[np.ndarray, np.ndarray]:
+    """A 32 x 16 image (red background, a black bar and a black block) and its known mask. At 2x
+    into the 64x64 input, every image pixel's own 2x2 block keeps its class through the bilinear
+    resize, so the mask comes back exactly."""
+    rgb = np.zeros((16, 32, 3), np.uint8)
+    rgb[:, :, 0], rgb[:, :, 1], rgb[:, :, 2] = 200, 30, 30
+    rgb[:, 10:14] = 0
+    rgb[10:, 24:] = 0
+    return rgb, (rgb[:, :, 0] > 127).astype(np.uint8)
+
+
+def test_hand_made_model_gives_its_known_mask(red_detector):
+    rgb, want = red_scene()
+    assert 0 < want.mean() < 1
+    seg = segment(load(red_detector), rgb)
+    assert seg.box == Box(0, 16, 64, 32)  # 32 x 16 at s = 2: 64 x 32, centred vertically
+    assert np.array_equal(seg.mask, want)
+    # the letterbox bands are black (class 0); inside the box, each image pixel is a 2x2 block
+    assert not seg.model_mask[:16].any() and not seg.model_mask[48:].any()
+    assert np.array_equal(seg.model_mask[16:48], np.kron(want, np.ones((2, 2), np.uint8)))
+
+
 def test_demo_through_every_linux_runner(quick_run, tmp_path):
     images = write_images(tmp_path)
     for path in artifacts(quick_run):
@@ -99,14 +163,13 @@ def test_demo_through_every_linux_runner(quick_run, tmp_path):
             rgb = read_rgb(image)
             seg = segment(runner, rgb)
             assert seg.mask.shape == rgb.shape[:2] and seg.mask.dtype == np.uint8, (path.name, name)
-            canvas, box = letterbox(rgb, 64, 64)
-            assert seg.box == box
-            # the mask is the runner's own argmax on the letterboxed input, mapped back
-            want = np.argmax(runner.predict(reference_input(canvas, runner.manifest))[0], axis=0)
-            assert np.array_equal(seg.model_mask, want), (path.name, name)
-            assert np.array_equal(seg.mask, unletterbox(want.astype(np.uint8), box, rgb.shape[1], rgb.shape[0]))
-            if name == "square.png":
-                assert np.array_equal(seg.mask, want)
+            assert seg.box == HAND_BOXES[name], (path.name, name)
+            assert seg.mask.max() < len(runner.manifest["labels"])
+            if name == "square.png":  # no letterbox: the mask is the output's argmax as it is
+                assert np.array_equal(seg.mask, seg.model_mask)
+                # the one round trip kept: the demo's mask is the runner's own argmax on the same input
+                want = np.argmax(runner.predict(reference_input(letterbox(rgb, 64, 64)[0], runner.manifest))[0], axis=0)
+                assert np.array_equal(seg.model_mask, want), path.name
 
 
 def test_reference_input_is_the_recipe_normalization(quick_run):
@@ -121,22 +184,23 @@ def test_reference_input_is_the_recipe_normalization(quick_run):
     assert argmax(np.stack([np.zeros((2, 2)), np.zeros((2, 2))])[None]).tolist() == [[0, 0], [0, 0]]  # ties: lowest class
 
 
-def test_demo_cli_writes_overlay_legend_and_mask(quick_run, tmp_path, capsys):
-    images = write_images(tmp_path)
-    artifact = next(p for p in artifacts(quick_run) if p.name.endswith("_tflite_int8.tflite"))
+def test_demo_cli_writes_overlay_legend_and_mask(red_detector, tmp_path, capsys):
+    rgb, want = red_scene()
+    image = tmp_path / "scene.png"
+    Image.fromarray(rgb).save(image)
     out, mask = tmp_path / "out" / "overlay.png", tmp_path / "out" / "mask.png"
-    assert main(["demo", str(artifact), "--image", str(images["rgba.png"]), "--out", str(out), "--mask", str(mask), "--runs", "2"]) == 0
+    assert main(["demo", str(red_detector), "--image", str(image), "--out", str(out), "--mask", str(mask), "--runs", "2"]) == 0
     text = capsys.readouterr().out
-    assert "latency: median" in text and "over 2 runs" in text and "litert" in text
+    assert "latency: median" in text and "over 2 runs" in text and "executorch" in text
+    saved = np.asarray(Image.open(mask))
+    assert np.array_equal(saved, want)  # the hand-made model's known mask
+    colors = np.asarray(load(red_detector).manifest["colors"], np.float64)
     with Image.open(out) as im:
-        assert im.size == (71, 45) and im.mode == "RGB"
+        assert im.size == (32, 16) and im.mode == "RGB"
+        # half the pixel, half its class colour, rounded half to even
+        assert np.array_equal(np.asarray(im), np.rint(0.5 * rgb + 0.5 * colors[want]).astype(np.uint8))
     with Image.open(out.with_name("overlay.legend.png")) as im:
         assert im.size[0] > 100 and im.size[1] >= 30
-    saved = np.asarray(Image.open(mask))
-    assert saved.shape == (45, 71) and saved.max() < len(load(artifact).manifest["labels"])
-    seg = segment(load(artifact), read_rgb(images["rgba.png"]))
-    assert np.array_equal(saved, seg.mask)
-    assert np.array_equal(np.asarray(Image.open(out)), overlay(read_rgb(images["rgba.png"]), saved, load(artifact).manifest["colors"]))
 
 
 @pytest.mark.parametrize("case, message", [

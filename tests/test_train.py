@@ -14,7 +14,7 @@ from aspp_edge.checkpoint import load_model, read_checkpoint
 from aspp_edge.data import build_dataset
 from aspp_edge.errors import CheckpointError, ConfigError
 from aspp_edge.fileio import state_dict_sha256
-from aspp_edge.train import FINAL, LAST, train
+from aspp_edge.train import FINAL, LAST, evaluate_miou, train
 
 # Chance level: predicting the majority class (background) everywhere scores background's IoU
 # (its pixel share, ~0.76) on one of the six classes: ~0.13 mIoU on the val split. A model that
@@ -34,8 +34,13 @@ def test_quick_recipe_learns(quick_trained, quick_recipe):
 
 
 def test_checkpoint_loads_back_and_matches(quick_trained, quick_recipe):
-    model, recipe, ckpt = load_model(quick_trained.checkpoint, quick_recipe)
-    assert recipe == quick_recipe and ckpt["val_miou"] == pytest.approx(quick_trained.miou)
+    """What float.pt must hold on its own: the recipe it was trained with (loaded without passing
+    one) and weights that score, recomputed here on the val split, the val mIoU it records."""
+    model, recipe, ckpt = load_model(quick_trained.checkpoint)
+    assert recipe.to_dict() == quick_recipe.to_dict()
+    val = build_dataset(recipe, "val")
+    miou = evaluate_miou(model, val, torch.device("cpu"), recipe.train.batch_size)
+    assert miou == pytest.approx(ckpt["val_miou"], abs=1e-6) and miou == pytest.approx(ckpt["history"][-1]["val_miou"], abs=1e-6)
     assert ckpt["rank_weight_sha256"] == [state_dict_sha256(model.state_dict())]
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
