@@ -44,5 +44,10 @@ def test_int8_artifact_against_the_cuda_reference(references, quick_trained, qui
     source = from_quantized(q.save(tmp_path, "quick_ptq"), source)
     runner = runtime.load(export(source, "tflite", "int8", tmp_path))
     on_cuda, on_cpu = evaluate(runner, val, cuda), evaluate(runner, val, cpu)
-    assert on_cuda.agreement >= 0.98 and on_cuda.miou_drop <= 2.0
+    # the floors of the quick run's int8 artifacts (tests/test_pipeline.py: agreement 0.99, the
+    # target; drop 0.5 points, from train seeds 0-4), measured on the CPU reference, which the CUDA
+    # one matches on >= 0.999 of pixels (test above). This PTQ calibrates on 32 images, the run on
+    # 64: the 32-image PyTorch program dropped 0.07-0.34 points on seeds 0-4 (CPU). Not run in the
+    # session that set these floors (no GPU).
+    assert on_cuda.agreement >= 0.99 and on_cuda.miou_drop <= 0.5, (on_cuda.agreement, on_cuda.miou_drop)
     assert abs(on_cuda.agreement - on_cpu.agreement) <= 0.002 and np.isclose(on_cuda.miou, on_cpu.miou)

@@ -66,13 +66,24 @@ def test_report_lists_every_artifact_with_all_fields(quick_run):
         assert "| coreml int8 ptq |" in md and "mil-reference" in md and "not Apple's kernels" in md
 
 
+# int8 artifacts of the quick run (sep_aspp, PTQ) against the float model on the val split. Targets:
+# agreement >= 0.99 and mIoU drop <= 0.3 points. Measured with the quick recipe trained on train
+# seeds 0-4 (seed 0 is this run), each PTQ'd as `run` does, .pte/.tflite/Core ML each (15 values):
+# agreement 0.9900-0.9945 (this run 0.9901 / 0.9900 / 0.9904), so the floor is the target; mIoU drop
+# 0.07-0.43 points (this run 0.40 / 0.43 / 0.32), 3 of 15 above the target on a 64-image val split
+# of a 0.16M-parameter model, so the drop floor is 0.5: the worst measured plus 0.07.
+INT8_MIN_AGREEMENT = 0.99
+INT8_MAX_DROP_POINTS = 0.5
+CROSS_MIN_AGREEMENT = 0.99  # int8 artifacts of one program, backend vs backend; this run's lowest 0.9927 (Core ML vs .tflite)
+
+
 def test_quick_int8_artifacts_match_the_float_reference(quick_run):
     for row in report(quick_run)["artifacts"]:
         if row["miou"] is None:
             continue
         if row["precision"] == "int8":
-            assert row["agreement"] >= 0.98, row["path"]
-            assert row["miou_drop"] <= 2.0, row["path"]
+            assert row["agreement"] >= INT8_MIN_AGREEMENT, (row["path"], row["agreement"])
+            assert row["miou_drop"] <= INT8_MAX_DROP_POINTS, (row["path"], row["miou_drop"])
         elif row["precision"] == "fp16":  # Core ML's fp16 program (issue 6: >= 0.995 against the float model)
             assert row["agreement"] >= 0.995 and abs(row["miou_drop"]) < 0.5, row["path"]
         else:  # fp32 artifacts are the float model
@@ -90,7 +101,7 @@ def test_quick_int8_artifacts_run_wholly_in_int8(quick_run):
     assert tfl["qdq_inside"] == [] and [s.split()[0] for s in tfl["qdq_at_io"]] == ["QUANTIZE", "DEQUANTIZE"]
     for row in report(quick_run)["artifacts"]:
         if row["precision"] == "int8" and row["miou"] is not None:
-            assert row["agreement_with"] and min(row["agreement_with"].values()) >= 0.98, row
+            assert row["agreement_with"] and min(row["agreement_with"].values()) >= CROSS_MIN_AGREEMENT, row
 
 
 def test_plots_are_real_pngs(quick_run):
