@@ -340,13 +340,19 @@ SUPPORTED_OPS = tuple(sorted({"const", *OPS, *CONSTEXPR_OPS}))
 # ----------------------------------------------------------------------------- the program
 
 class MILProgram:
-    """The `main` function of a saved `.mlpackage`, ready to run on numpy inputs."""
+    """The `main` function of a saved `.mlpackage`, ready to run on numpy inputs.
 
-    def __init__(self, package: str | Path) -> None:
+    `fp16_values=False` is a diagnostic: op results the program declares fp16 are kept in float32
+    (its constants keep the values the package stores), to tell the cost of fp16 tensors between
+    ops from that of fp16 constants (benchmarks/coreml_w8a8_precision.py). Checks use the default.
+    """
+
+    def __init__(self, package: str | Path, *, fp16_values: bool = True) -> None:
         from coremltools.proto import FeatureTypes_pb2  # noqa: F401  (registers the image color spaces)
 
         from ..export.coreml import load_spec
 
+        self.fp16_values = fp16_values
         self.path = Path(package)
         spec = load_spec(self.path)
         if spec.WhichOneof("Type") != "mlProgram":
@@ -392,12 +398,13 @@ class MILProgram:
             raise MILError(f"{op_type}: input {name!r} must be one constant")
         return values[0]
 
-    @staticmethod
-    def _typed(result: np.ndarray, output: tuple[str, np.dtype, tuple | None], op_type: str) -> np.ndarray:
+    def _typed(self, result: np.ndarray, output: tuple[str, np.dtype, tuple | None], op_type: str) -> np.ndarray:
         name, dtype, shape = output
         result = np.asarray(result)
         if shape is not None and tuple(result.shape) != shape:
             raise MILError(f"{op_type} -> {name!r}: computed shape {tuple(result.shape)} but the program declares {shape}")
+        if dtype == np.float16 and not self.fp16_values:
+            dtype = np.dtype(np.float32)
         return result.astype(dtype, copy=False)
 
     def image_tensor(self, name: str, pixels: np.ndarray) -> np.ndarray:
