@@ -4,8 +4,8 @@
 line: load time, warm-up, N timed invocations (median, p90, min), the threads used, and the
 process's peak RSS. A fresh process per artifact gives each its own peak RSS and keeps torch's
 OpenMP workers, which spin after every parallel region, off the cores the runtime's own
-threadpool needs: with them spinning, ExecuTorch's 2-thread XNNPACK pool ran no faster than one
-thread on our 2-core machine (that was the whole of its gap to LiteRT).
+threadpool needs (timed in-process, ExecuTorch's 2-thread XNNPACK pool was seen running no
+faster than one thread on a 2-core machine; those timings were not recorded).
 
 `runtime_peaks(cache_dir)` times large 1x1 convolutions (fp32 and int8) in ExecuTorch and
 LiteRT, so a model's GMAC/s can be read as a fraction of what that runtime reaches here. The
