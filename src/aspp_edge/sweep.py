@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, choices_error
+from .evaluate.report import OVERHEAD_GMACS, overhead_note
 from .fileio import write_text_atomic
 
 ALL = "all"
@@ -42,7 +43,6 @@ SEED = 0  # float weights: seeded, so every rebuild is the same model
 SCHEMA_PATH = Path(__file__).with_name("sweep.schema.json")
 SCHEMA_VERSION = 1
 STAGE_VERSIONS = {"quant": 1, "export": 1, "time": 1, "peaks": 1, "report": 1}
-OVERHEAD_GMACS = 0.5  # below this, fixed per-operator costs dominate a model's latency (report verdicts say so)
 DEFAULT_MODELS = ("sep_aspp", "aspp", "lraspp@mobilenet_v3_large", "torchvision:lraspp_mobilenet_v3_large")
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -464,14 +464,6 @@ def _index(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, A
     return {(r["model"], r["backend"], r["precision"]): r for r in rows}
 
 
-def overhead_note(gmacs: float | None) -> str:
-    """The note for figures measured on a model under OVERHEAD_GMACS (empty for larger models)."""
-    if gmacs is None or gmacs >= OVERHEAD_GMACS:
-        return ""
-    return (f" (measured at {gmacs:.3g} GMACs, under {OVERHEAD_GMACS}: fixed per-operator costs dominate, so this ratio says "
-            "little about deploy size)")
-
-
 def graph_text(row: dict[str, Any]) -> str:
     g = row.get("graph") or {}
     if row["backend"] == "executorch":
@@ -638,7 +630,7 @@ def _place_labels(ax, points: list[tuple[float, float, str]]) -> None:
 
 
 def latency_png(rows: list[dict[str, Any]], path: Path, *, title: str) -> None:
-    """Median latency vs GMACs, one marker per backend/precision, each point labelled by its model."""
+    """Median latency vs GMACs, one marker per backend/precision, each model labelled once (no label overlaps another or a marker)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -653,14 +645,26 @@ def latency_png(rows: list[dict[str, Any]], path: Path, *, title: str) -> None:
         ax.scatter([r["gmacs"] for r in pts], [r["latency_ms"]["median"] for r in pts], marker=markers.get(backend, "o"),
                    color=colors.get(precision, "k"), s=46, zorder=3, label=f"{backend} {precision}")
     if timed:
+        from matplotlib.ticker import FuncFormatter
+
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(plain)
+        ax.tick_params(which="minor", labelsize=7)
         ax.legend(fontsize=8, loc="upper left")
     ax.set(xlabel="GMACs per image", ylabel="median latency (ms, each artifact in its own process)")
     untimed = sorted({f"{r['backend']} {r['precision']}" for r in rows if not r.get("latency_ms")})
     ax.set_title(f"Latency vs GMACs ({title})" + (f"\nnot timed here: {', '.join(untimed)}" if untimed else ""), fontsize=10)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    _place_labels(ax, [(r["gmacs"], r["latency_ms"]["median"], r["model"]) for r in timed])
+    # one label per model, beside its slowest artifact (the points of one model share its GMACs)
+    slowest = {}
+    for r in timed:
+        if r["model"] not in slowest or r["latency_ms"]["median"] > slowest[r["model"]]["latency_ms"]["median"]:
+            slowest[r["model"]] = r
+    _place_labels(ax, [(r["gmacs"], r["latency_ms"]["median"], key) for key, r in slowest.items()])
     fig.savefig(path, format="png")
     plt.close(fig)

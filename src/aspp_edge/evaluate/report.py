@@ -29,6 +29,15 @@ QAT_MIN_AGREEMENT = 0.99
 INT8_MAX_LATENCY_RATIO = 0.25  # int8 median / fp32 median of the same runtime
 COREML_FP16_MIN_AGREEMENT = 0.995  # Core ML fp16 vs the float model (issue 6)
 CROSS_MIN_AGREEMENT = 0.99  # an int8 artifact vs the other backends' int8 artifacts of the same program (issue 6)
+OVERHEAD_GMACS = 0.5  # below this, fixed per-operator costs dominate latency: ratios measured there say little about deploy size
+
+
+def overhead_note(gmacs: float | None) -> str:
+    """The note a latency verdict carries when its model is under OVERHEAD_GMACS (empty otherwise)."""
+    if gmacs is None or gmacs >= OVERHEAD_GMACS:
+        return ""
+    return (f" (measured at {gmacs:.3g} GMACs, under {OVERHEAD_GMACS}: fixed per-operator costs dominate, so this ratio says "
+            "little about deploy size; `aspp-edge sweep` measures it there)")
 
 
 def machine() -> dict[str, Any]:
@@ -118,7 +127,8 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
                 ratio = min(r["latency_ms"]["median"] for r in q) / fp[0]["latency_ms"]["median"]
                 out.append(
                     f"- {head}: {backend} int8 runs in {ratio:.2f}x the {fp[0]['precision']} latency "
-                    f"({'within' if ratio <= INT8_MAX_LATENCY_RATIO else 'above'} the {INT8_MAX_LATENCY_RATIO}x target)."
+                    f"({'within' if ratio <= INT8_MAX_LATENCY_RATIO else 'above'} the {INT8_MAX_LATENCY_RATIO}x target)"
+                    f"{overhead_note(fp[0].get('gmacs'))}."
                 )
         for r in (r for r in mine if r["backend"] == "coreml"):
             if r["precision"] == "fp16":
@@ -135,7 +145,7 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
             if et and tfl and et[0]["latency_ms"] and tfl[0]["latency_ms"]:
                 a, b = et[0]["latency_ms"]["median"], tfl[0]["latency_ms"]["median"]
                 out.append(f"- {head}: {method} int8 ExecuTorch {a:.3f} ms vs LiteRT {b:.3f} ms median "
-                           f"({'ExecuTorch not slower' if a <= b else f'ExecuTorch {a / b:.2f}x slower'}).")
+                           f"({'ExecuTorch not slower' if a <= b else f'ExecuTorch {a / b:.2f}x slower'}){overhead_note(et[0].get('gmacs'))}.")
     not_run = sorted({r["evaluated_by"] for r in rows if not ran(r)})
     out += [f"- {reason} (no figures invented)." for reason in not_run]
     return out
