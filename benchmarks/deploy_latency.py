@@ -29,7 +29,7 @@ from aspp_edge.calibration.calibrate import calibration_batches
 from aspp_edge.config import load_recipe
 from aspp_edge.data import calibration_dataset
 from aspp_edge.evaluate.latency import measure
-from aspp_edge.export import ExportSource, export
+from aspp_edge.export import ExportSource, artifact_name, export
 from aspp_edge.export.manifest import read_manifest, tool_versions
 from aspp_edge.fileio import write_text_atomic
 from aspp_edge.models.stats import model_stats
@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=8, help="calibration images (ranges only: latency does not depend on them)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--reuse", action="store_true", help="time artifacts already exported into --out instead of exporting again")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     out = Path(args.out)
@@ -85,7 +86,10 @@ def main() -> None:
         source = ExportSource(recipe, model=model, program=q.convert(fold_quantize=False), method="ptq", name=name)
         for backend in ("executorch", "tflite"):
             for precision in ("fp32", "int8"):
-                path = export(source, backend, precision, out / key.replace("@", "_"))
+                folder = out / key.replace("@", "_")
+                existing = folder / artifact_name(source.int8_name if precision == "int8" else source.name, backend, precision)
+                # --reuse: time the artifacts a previous run of the same configuration exported (e.g. again on a quiet machine)
+                path = existing if args.reuse and existing.exists() else export(source, backend, precision, folder)
                 info = read_manifest(path)["backend_info"]
                 lat = measure(path, threads=args.threads, runs=args.runs)
                 row = {"model": key, "backend": backend, "precision": precision, "gmacs": stats.macs / 1e9, "params_m": stats.params / 1e6,

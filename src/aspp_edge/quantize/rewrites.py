@@ -10,14 +10,18 @@ for the op it removes:
   hardsigmoid(z) = clamp(z / 6 + 1/2, 0, 1), a convolution z = W x + b followed by hardsigmoid is
   the convolution W/6, b/6 + 1/2 followed by clamp(0, 1) (hardtanh), and a conv + clamp is one
   quantized partition in every runtime (the clamp becomes the conv's output bound).
-- **hardswish** (MobileNetV3's activation). The LiteRT XNNPACK delegate runs HARD_SWISH in float
-  only (its HARD_SWISH visitor accepts float tensors only), so an int8 HARD_SWISH runs in LiteRT's
-  single-threaded builtin kernel and splits the XNNPACK partition at each one: a MobileNetV3
-  LR-ASPP at 512x512 had 29 XNNPACK partitions and its int8 .tflite ran slower than fp32.
-  hardswish(x) = x * hardsigmoid(x) = x * clamp(x / 6 + 1/2, 0, 1), and x / 6 + 1/2 is a 1x1
-  depthwise convolution (weight 1/6, bias 1/2; 1/6 is exact as an int8 per-channel weight), so
-  the int8 program computes it as a depthwise conv + a multiply, both integer XNNPACK operators
-  in every runtime.
+- **hardswish, for LiteRT only** (`hardswish_as_int8_gate`, applied to the converted program by the
+  TFLite export). The LiteRT XNNPACK delegate runs HARD_SWISH in float only (its HARD_SWISH
+  visitor accepts float tensors only), so an int8 HARD_SWISH runs in LiteRT's single-threaded
+  builtin kernel and splits the XNNPACK partition at each one: a MobileNetV3 LR-ASPP at 512x512 had
+  21 XNNPACK partitions and its int8 .tflite ran 2.15x slower than fp32. hardswish(x) =
+  x * clamp(x / 6 + 1/2, 0, 1), and x / 6 + 1/2 is a 1x1 depthwise convolution (weight 1/6, exact
+  as an int8 per-channel weight; bias 1/2), so the .tflite computes it as that conv, quantized on
+  exactly [0, 1] (the saturation is the clamp), and an int8 MUL that keeps the hardswish output's
+  qparams: both XNNPACK int8 operators. ExecuTorch's XNNPACK runs the int8 hardswish itself and
+  is faster with it (at 512x512, LR-ASPP OS8: 40 ms with the op, 50 ms with the gate form), and
+  Core ML has its own op, so the shared program keeps hardswish and only the .tflite gets the gate
+  (one extra int8 rounding of the gate: the .tflite and the .pte then differ by that rounding).
 
 After `convert_pt2e`, `drop_saturated_clamps` removes a clamp whose input and output carry the
 same int8 qparams spanning no more than the clamp's bounds: the int8 saturation has already
@@ -31,13 +35,15 @@ import torch
 from torch import nn
 from torch.fx import GraphModule, Node
 
-from .quantizers import CONV_TARGETS
+from .quantizers import CONV_TARGETS, UNIT_QSPEC
 
 HARDSIGMOID_TARGETS = {torch.ops.aten.hardsigmoid.default, torch.ops.aten.hardsigmoid_.default}
 HARDSWISH_TARGETS = {torch.ops.aten.hardswish.default, torch.ops.aten.hardswish_.default}
 CLAMP_TARGETS = {torch.ops.aten.hardtanh.default: (1, 2), torch.ops.aten.relu.default: None}
 QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
 DEQUANTIZE = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+QUANTIZE_PER_CHANNEL = torch.ops.quantized_decomposed.quantize_per_channel.default
+DEQUANTIZE_PER_CHANNEL = torch.ops.quantized_decomposed.dequantize_per_channel.default
 CONV_BIAS_ARG = 2  # conv2d / convolution: (input, weight, bias, ...)
 
 
@@ -91,37 +97,42 @@ def fold_hardsigmoid_into_conv(gm: GraphModule) -> list[str]:
     return done
 
 
-def decompose_hardswish(gm: GraphModule) -> list[str]:
-    """Rewrite every 4-D hardswish(x) as x * hardtanh(depthwise_conv1x1(x; 1/6, 1/2), 0, 1), in place.
-
-    The constants are buffers, so QAT does not train them. Returns the rewritten nodes' names."""
+def hardswish_as_int8_gate(gm: GraphModule) -> list[str]:
+    """In a converted program (weights not folded): dequantize(x) -> hardswish -> quantize(s, z)
+    becomes x * gate with gate = int8 [0, 1] of dwconv1x1(x; 1/6, 1/2) and the product quantized
+    with (s, z), in place. Returns the rewritten hardswish nodes' names."""
     done = []
-    for node in list(gm.graph.nodes):
+    graph = gm.graph
+    for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in HARDSWISH_TARGETS:
             continue
-        x = node.args[0]
-        val = x.meta.get("val") if isinstance(x, Node) else None
-        if val is None or val.dim() != 4:
+        dq, users = node.args[0], list(node.users)
+        val = node.meta.get("val")  # convert_pt2e's dequantize nodes carry no shape; the op's output has x's
+        if _qparams(dq) is None or dq.target != DEQUANTIZE or val is None or val.dim() != 4 or len(users) != 1 or users[0].target != QUANTIZE:
             continue
         channels = int(val.shape[1])
         stem = f"_hardswish_gate_{len(done)}"
-        gm.register_buffer(f"{stem}_weight", torch.full((channels, 1, 1, 1), 1.0 / 6.0, dtype=val.dtype))
-        gm.register_buffer(f"{stem}_bias", torch.full((channels,), 0.5, dtype=val.dtype))
-        graph = gm.graph
+        step = (1.0 / 6.0) / 127.0  # symmetric per-channel int8: 1/6 is exactly 127 steps
+        for name, value in (("weight", torch.full((channels, 1, 1, 1), 1.0 / 6.0)), ("bias", torch.full((channels,), 0.5)),
+                            ("scale", torch.full((channels,), step)), ("zero_point", torch.zeros(channels, dtype=torch.int64))):
+            gm.register_buffer(f"{stem}_{name}", value)
+        unit = (UNIT_QSPEC.scale, UNIT_QSPEC.zero_point, UNIT_QSPEC.quant_min, UNIT_QSPEC.quant_max, torch.int8)
         with graph.inserting_before(node):
-            weight, bias = graph.get_attr(f"{stem}_weight"), graph.get_attr(f"{stem}_bias")
-            weight.meta["val"] = val.new_empty((channels, 1, 1, 1))
-            bias.meta["val"] = val.new_empty((channels,))
-            affine = graph.call_function(torch.ops.aten.conv2d.default, (x, weight, bias, [1, 1], [0, 0], [1, 1], channels))
-            gate = graph.call_function(torch.ops.aten.hardtanh.default, (affine, 0.0, 1.0))
-            out = graph.call_function(torch.ops.aten.mul.Tensor, (x, gate))
-        for new in (affine, gate, out):
-            new.meta.update({k: v for k, v in node.meta.items() if k in ("val", "nn_module_stack", "stack_trace", "source_fn_stack")})
+            weight, bias, scale, zp = (graph.get_attr(f"{stem}_{n}") for n in ("weight", "bias", "scale", "zero_point"))
+            wq = graph.call_function(QUANTIZE_PER_CHANNEL, (weight, scale, zp, 0, -127, 127, torch.int8))
+            wdq = graph.call_function(DEQUANTIZE_PER_CHANNEL, (wq, scale, zp, 0, -127, 127, torch.int8))
+            affine = graph.call_function(torch.ops.aten.conv2d.default, (dq, wdq, bias, [1, 1], [0, 0], [1, 1], channels))
+            gate_q = graph.call_function(QUANTIZE, (affine, *unit))
+            gate = graph.call_function(DEQUANTIZE, (gate_q, *unit))
+            out = graph.call_function(torch.ops.aten.mul.Tensor, (dq, gate))
+        for new, shape in ((weight, (channels, 1, 1, 1)), (wq, (channels, 1, 1, 1)), (wdq, (channels, 1, 1, 1)), (bias, (channels,)),
+                           (affine, tuple(val.shape)), (gate_q, tuple(val.shape)), (gate, tuple(val.shape)), (out, tuple(val.shape))):
+            new.meta["val"] = val.new_empty(shape, dtype=torch.int8 if new in (wq, gate_q) else val.dtype)
         node.replace_all_uses_with(out)
         graph.erase_node(node)
         done.append(out.name)
     if done:
-        gm.graph.lint()
+        graph.lint()
         gm.recompile()
     return done
 
@@ -167,4 +178,4 @@ def drop_saturated_clamps(gm: GraphModule) -> int:
 
 def integer_friendly(gm: GraphModule) -> dict[str, list[str]]:
     """The rewrites to apply to an exported float program before `prepare_pt2e` / `prepare_qat_pt2e`."""
-    return {"hardsigmoid_folded": fold_hardsigmoid_into_conv(gm), "hardswish_decomposed": decompose_hardswish(gm)}
+    return {"hardsigmoid_folded": fold_hardsigmoid_into_conv(gm)}
