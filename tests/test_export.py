@@ -25,13 +25,18 @@ from aspp_edge import runtime
 from aspp_edge.runtime.litert import xnnpack_delegation
 
 FP32_MAX_ABS = 1e-3  # fp32 artifact logits vs PyTorch float (issue threshold)
-# int8 artifact vs the PyTorch int8 program. The issue asks 0.99 agreement; every head trained on
-# the quick recipe (8 epochs) and the default recipe reach it (benchmarks/coreml_check.py, closing
-# note). These test models, trained 4 epochs, have more near-tied pixels, where integer kernels'
-# rounding (int32 accumulate + requantize) and Core ML's fp16 compute between Q/DQ flip argmaxes:
-# with 0.99 the slow matrix failed on sep_aspp's and sep_se_aspp's Core ML W8A8 (0.9869, 0.9894),
-# so the tests hold 0.98 agreement with the SQNR floor unchanged.
-INT8_AGREEMENT, INT8_SQNR_DB = 0.98, 25.0
+# int8 artifact vs the PyTorch int8 program it was made from, argmax agreement on the 4 val images
+# below (target 0.99) and logits SQNR. Measured on this file's test models (quick recipe, 4 epochs,
+# PTQ-minmax on 32 calib images) for lraspp, sep_aspp, sep_se_aspp and lraspp@mobilenet_v3_large,
+# train seeds 0-2 (seed 0 is what the tests train), 12 models: .pte 0.9901-1.0, .tflite 0.9910-1.0,
+# .pte vs .tflite 0.9973-1.0, SQNR >= 33.0 dB. The .pte/.tflite floor is the target.
+INT8_AGREEMENT, INT8_SQNR_DB = 0.99, 25.0
+# Core ML W8A8 is an fp16 program (fp16 scales, weights, biases and tensors between ops; README,
+# "Why Core ML W8A8 agrees less"), so it sits below the integer kernels by construction: on the same
+# 12 models 0.9828-0.9999 against the program (sep_aspp seed 0 lowest; the same program converted
+# with FLOAT32 compute: 0.9964-1.0) and 0.9839-0.9999 against the .pte, SQNR >= 29.3 dB. Its floor
+# is 0.98, the lowest measured less 0.003, below the 0.99 target for that reason.
+COREML_INT8_AGREEMENT = 0.98
 # Core ML packages (issue 6), run by Core ML on macOS and by the MIL reference interpreter elsewhere
 COREML_FP16_AGREEMENT = 0.995
 SE_HEADS = {"se_aspp", "sep_se_aspp", "lraspp"}
@@ -179,12 +184,11 @@ def test_every_backend_every_head(head, sources, artifacts, val_images):
         # issue 6: W8A8 vs the PyTorch int8 program (agreement, SQNR) and vs the .tflite/.pte of that program
         agreement = (logits.argmax(1) == int8_logits.argmax(1)).mean()
         sqnr = sqnr_db(torch.from_numpy(int8_logits), torch.from_numpy(logits))
-        # near-tied pixels of these 4-epoch models flip under fp16 compute as under integer kernels (see INT8_AGREEMENT):
-        # the same 0.98 floor here; the issue's 0.99 is met by untrained models (test_mil) and the trained default recipe
-        assert agreement >= INT8_AGREEMENT and sqnr >= INT8_SQNR_DB, f"{head} coreml int8: {agreement:.4f}, {sqnr:.1f} dB"
+        # an fp16 program: its own measured floor (COREML_INT8_AGREEMENT, beside INT8_AGREEMENT above)
+        assert agreement >= COREML_INT8_AGREEMENT and sqnr >= INT8_SQNR_DB, f"{head} coreml int8: {agreement:.4f}, {sqnr:.1f} dB"
         for backend in ("executorch", "tflite"):
             other = (logits.argmax(1) == outputs[backend, "int8"].argmax(1)).mean()
-            assert other >= INT8_AGREEMENT, f"{head} coreml int8 vs {backend} int8: agreement {other:.4f}"
+            assert other >= COREML_INT8_AGREEMENT, f"{head} coreml int8 vs {backend} int8: agreement {other:.4f}"
 
 
 def _check_coreml_package(path, source, precision):

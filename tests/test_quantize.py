@@ -19,6 +19,14 @@ from aspp_edge.quantize.job import compare_logits, quantize_checkpoint
 from aspp_edge.train import evaluate_miou, train
 
 PTQ_SQNR_FLOOR_DB = 20.0  # fake-quant logits vs float, every head, quick recipe (issue threshold)
+# PTQ-minmax int8 program vs the float model, argmax agreement on 16 val images (target 0.99). Measured
+# on the test models (quick recipe, 4 epochs; 32 calib images) of every head and lraspp@mobilenet_v3_large,
+# train seeds 0-2 (seed 0 is what the tests train), 24 models: 0.9799-0.9998 (8 of 24 below 0.99, the
+# lowest sep_se_aspp seed 0; SQNR >= 29.9 dB). These 4-epoch models cannot meet the target; the floor
+# is the lowest measured less 0.005.
+PTQ_MIN_AGREEMENT = 0.975
+# Quick-run int8 mIoU drop floor (points), set in tests/test_pipeline.py from train seeds 0-4.
+INT8_MAX_DROP_POINTS = 0.5
 QUANTIZE_PER_TENSOR = torch.ops.quantized_decomposed.quantize_per_tensor.default
 DEQUANTIZE_PER_TENSOR = torch.ops.quantized_decomposed.dequantize_per_tensor.default
 
@@ -34,7 +42,7 @@ def test_ptq_every_head_keeps_logits(head, head_models, quick_recipe, quick_cali
     q = quantize(model, PTQConfig(observer="minmax"), calibration=quick_calib)
     sqnr, agreement = compare_logits(model, q.convert(), _val_images(quick_recipe))
     assert sqnr >= PTQ_SQNR_FLOOR_DB, f"{head}: {sqnr:.1f} dB"
-    assert agreement > 0.9
+    assert agreement >= PTQ_MIN_AGREEMENT, f"{head}: agreement {agreement:.4f}"
 
 
 @pytest.mark.parametrize("head", ["aspp", "sep_aspp", "hdc_aspp"])
@@ -147,21 +155,25 @@ def test_percentile_observer_clips_outliers():
     assert 0.0 <= float(obs.min_val) < 0.02 and 0.98 < float(obs.max_val) <= 1.0
 
 
-def test_qat_improves_on_ptq_minmax(quick_trained, quick_recipe):
-    """On the quick recipe, QAT's mIoU drop is smaller than PTQ-minmax's (same float model)."""
+def test_qat_moves_the_int8_logits_towards_the_float_model(quick_trained, quick_recipe):
+    """QAT (distilled from the float model) ends with int8 logits nearer the float model's than
+    PTQ-minmax's from the same 32 calibration images. Measured on the quick recipe trained on train
+    seeds 0-4 (this checkpoint is seed 0), 64 val images: logits SQNR +0.11 to +0.65 dB over PTQ
+    (seed 0: +0.65). QAT does not reliably improve mIoU here: its drop minus PTQ's was -0.01, +0.02,
+    0.00, -0.03 and +0.07 points on seeds 0-4, so its mIoU is held to the int8 drop floor only."""
     from aspp_edge.checkpoint import load_model
 
     model = load_model(quick_trained.checkpoint, quick_recipe)[0]
     calib = calibration_batches(calibration_dataset(quick_recipe)[0], 32, 16)
     val = build_dataset(quick_recipe, "val")
+    images = torch.stack([val[i][0] for i in range(len(val))])
     float_miou = evaluate_miou(model, val, torch.device("cpu"), 16)
     ptq = quantize(model, PTQConfig(observer="minmax"), calibration=calib).convert()
     qat = quantize(model, quick_recipe.qat, calibration=calib, train_set=build_dataset(quick_recipe, "train")).convert()
-    ptq_drop = float_miou - evaluate_miou(ptq, val, torch.device("cpu"), 16)
-    qat_drop = float_miou - evaluate_miou(qat, val, torch.device("cpu"), 16)
-    # On the quick model both drops are fractions of a point; QAT must not lose more than PTQ-minmax
-    # beyond 0.1 point of noise, and must stay under 1 point.
-    assert qat_drop <= ptq_drop + 0.001 and qat_drop <= 0.01, (float_miou, ptq_drop, qat_drop)
+    ptq_sqnr, qat_sqnr = compare_logits(model, ptq, images)[0], compare_logits(model, qat, images)[0]
+    qat_drop = 100 * (float_miou - evaluate_miou(qat, val, torch.device("cpu"), 16))
+    assert qat_sqnr > ptq_sqnr, (ptq_sqnr, qat_sqnr)
+    assert qat_drop <= INT8_MAX_DROP_POINTS, qat_drop
 
 
 def test_quantize_checkpoint_writes_program_and_reports(tmp_path, quick_trained, quick_recipe):
@@ -176,14 +188,16 @@ def test_quantize_checkpoint_writes_program_and_reports(tmp_path, quick_trained,
     assert len(layers) > 20 and layers == sorted(layers, key=lambda r: r["sqnr_db"])
     assert summary["calibration_split"] == "calib"
     # The saved program reloads and scores, on the same val images, what the in-memory program
-    # scored before it was saved (the summary's figures).
+    # scored before it was saved (the summary's figures). The summary comes from the program with
+    # its weights folded for ExecuTorch, the saved one keeps them as Q/DQ: float rounding differs,
+    # so a few near-tied pixels may flip (measured in make test: SQNR 31.367 vs 31.363 dB).
     from aspp_edge.checkpoint import load_model
     from aspp_edge.quantize.job import SQNR_IMAGES
 
     program = load_quantized(result.program)
     model = load_model(quick_trained.checkpoint, quick_recipe)[0]
     sqnr, agreement = compare_logits(model, program, _val_images(quick_recipe, SQNR_IMAGES))
-    assert sqnr == pytest.approx(summary["sqnr_db"], abs=0.01) and agreement == pytest.approx(summary["agreement"], abs=1e-6)
+    assert sqnr == pytest.approx(summary["sqnr_db"], abs=0.05) and agreement == pytest.approx(summary["agreement"], abs=2e-3)
 
 
 def test_saved_program_computes_what_the_in_memory_program_computes(tmp_path, quick_trained, quick_recipe, quick_calib):
