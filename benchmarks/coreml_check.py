@@ -23,7 +23,7 @@ from aspp_edge import runtime
 from aspp_edge.checkpoint import load_model
 from aspp_edge.config import load_recipe
 from aspp_edge.data import build_dataset
-from aspp_edge.evaluate.metrics import logits_sqnr_db, pixel_agreement
+from aspp_edge.metrics import logits_sqnr_db, pixel_agreement
 from aspp_edge.fileio import write_text_atomic
 from aspp_edge.quantize import load_quantized
 

@@ -30,7 +30,7 @@ import torch
 from aspp_edge import runtime
 from aspp_edge.config import load_recipe
 from aspp_edge.data import build_dataset
-from aspp_edge.evaluate.metrics import logits_sqnr_db, pixel_agreement
+from aspp_edge.metrics import logits_sqnr_db, pixel_agreement
 from aspp_edge.export import coreml
 from aspp_edge.fileio import write_text_atomic
 from aspp_edge.quantize import load_quantized

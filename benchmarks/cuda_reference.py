@@ -22,7 +22,7 @@ from aspp_edge import runtime
 from aspp_edge.checkpoint import load_model
 from aspp_edge.data import build_dataset
 from aspp_edge.evaluate.accuracy import evaluate, float_reference
-from aspp_edge.evaluate.metrics import logits_sqnr_db
+from aspp_edge.metrics import logits_sqnr_db
 from aspp_edge.fileio import write_text_atomic
 
 

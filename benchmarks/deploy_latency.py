@@ -30,7 +30,7 @@ from aspp_edge.config import load_recipe
 from aspp_edge.data import calibration_dataset
 from aspp_edge.evaluate.latency import measure
 from aspp_edge.export import ExportSource, artifact_name, export
-from aspp_edge.export.manifest import read_manifest, tool_versions
+from aspp_edge.formats.manifest import read_manifest, tool_versions
 from aspp_edge.fileio import write_text_atomic
 from aspp_edge.models.stats import model_stats
 from aspp_edge.quantize import quantize

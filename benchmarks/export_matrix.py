@@ -24,7 +24,7 @@ from aspp_edge.calibration.report import sqnr_db
 from aspp_edge.config import load_recipe
 from aspp_edge.data import build_dataset, calibration_dataset
 from aspp_edge.export import export, from_checkpoint, from_quantized
-from aspp_edge.export.manifest import read_manifest
+from aspp_edge.formats.manifest import read_manifest
 from aspp_edge.fileio import write_text_atomic
 from aspp_edge.models import list_models
 from aspp_edge.quantize import quantize

@@ -25,7 +25,7 @@ from aspp_edge.apps import APP_FILES, INDEX, SAMPLE, expected_mask_name, install
 from aspp_edge.config import load_recipe
 from aspp_edge.demo import read_rgb, segment
 from aspp_edge.errors import AsppEdgeError
-from aspp_edge.export.manifest import SCHEMA_PATH, manifest_path
+from aspp_edge.formats.manifest import SCHEMA_PATH, manifest_path
 from aspp_edge.pipeline import run
 from aspp_edge.runtime import load
 
@@ -68,7 +68,7 @@ def test_contract_documents_exactly_the_schema_fields():
     assert len(defined) > 40
     assert documented - defined == set(), "CONTRACT.md documents fields the schema lacks"
     assert defined - documented == set(), "schema fields missing from CONTRACT.md"
-    assert "src/aspp_edge/export/manifest.schema.json" in CONTRACT.read_text()
+    assert "src/aspp_edge/formats/manifest.schema.json" in CONTRACT.read_text()
 
 
 def test_every_manifest_the_exporters_write_follows_the_schema(quick_run):

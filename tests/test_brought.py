@@ -31,7 +31,7 @@ from torch import nn
 from aspp_edge.cli import main
 from aspp_edge.config import Recipe, load_recipe
 from aspp_edge.errors import CheckpointError, ConfigError
-from aspp_edge.export.manifest import read_manifest, validate_manifest
+from aspp_edge.formats.manifest import read_manifest, validate_manifest
 from aspp_edge.models import BroughtModel, build_brought, model_from_recipe
 from aspp_edge.models.brought import parse_spec, to_logits
 
@@ -198,7 +198,7 @@ def test_recipe_model_section_round_trips_and_rejects_strays():
 @pytest.mark.parametrize("observer", ["mse", *(pytest.param(o, marks=pytest.mark.slow) for o in ("minmax", "ema", "percentile"))])
 def test_every_observer_quantizes_a_brought_model(observer):
     from aspp_edge.config import PTQConfig
-    from aspp_edge.evaluate.metrics import logits_sqnr_db
+    from aspp_edge.metrics import logits_sqnr_db
     from aspp_edge.quantize import quantize
 
     torch.manual_seed(0)
@@ -324,7 +324,7 @@ def _exports(brought, source, args, method, backends, tmp_path, *, fp32=False):
     result = brought.program(source, args, method)
     src = from_quantized(result.program, from_checkpoint(brought.checkpoint(source, args), recipe))
     images = _val(recipe)
-    from aspp_edge.evaluate.metrics import logits_sqnr_db
+    from aspp_edge.metrics import logits_sqnr_db
 
     with torch.no_grad():
         ref_logits = src.model(images).numpy()

@@ -73,3 +73,14 @@ def test_qat_freeze_steps_scale_with_steps(tmp_path):
     assert Recipe.from_dict(json.loads(recipe.to_json())) == recipe
     with pytest.raises(ConfigError, match=r"qat.freeze_bn_step 200 must be between 0 and qat.steps \(4\); leave it unset"):
         load_recipe(_write(tmp_path, "qat:\n  steps: 4\n  freeze_bn_step: 200\n"))
+
+
+def test_dropout_default_is_the_models_default():
+    import inspect
+
+    from aspp_edge.config import ModelConfig
+    from aspp_edge.models import create_model
+    from aspp_edge.models.aspp import DEFAULT_DROPOUT
+
+    assert ModelConfig.__dataclass_fields__["dropout"].default == DEFAULT_DROPOUT
+    assert inspect.signature(create_model).parameters["dropout"].default == DEFAULT_DROPOUT

@@ -10,7 +10,7 @@ import torch
 from aspp_edge.checkpoint import load_model
 from aspp_edge.data import build_dataset
 from aspp_edge.evaluate.accuracy import evaluate, float_reference
-from aspp_edge.evaluate.metrics import logits_sqnr_db
+from aspp_edge.metrics import logits_sqnr_db
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -119,7 +119,7 @@ def test_file_names_with_spaces_and_semicolons_stay_one_argument(quick_run, tmp_
     and a `;` does not end the command (nothing is injected)."""
     import shutil
 
-    from aspp_edge.export.manifest import manifest_path
+    from aspp_edge.formats.manifest import manifest_path
 
     src = device_artifacts(quick_run)[0]
     odd = tmp_path / "my model; touch pwned $(id).tflite"

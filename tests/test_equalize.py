@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from aspp_edge.calibration.equalize import EqualizeReport, _in_range, _out_range, equalize, fold_batchnorm
+from aspp_edge.calibration.equalize import EqualizeReport, _in_range, _out_range, equalize
+from aspp_edge.models.fold import fold_batchnorm
 from aspp_edge.models import create_model
 
 from .conftest import TINY

@@ -17,7 +17,7 @@ from aspp_edge.errors import AsppEdgeError, ConfigError
 from aspp_edge.export import ExportSource, artifact_sha256, export, from_checkpoint, from_quantized
 from aspp_edge.export.coreml import PREVIEW_PARAMS, PREVIEW_TYPE, mlpackage_summary
 from aspp_edge.export.inspect import format_inspection, inspect_artifact
-from aspp_edge.export.manifest import ManifestError, manifest_path, read_manifest, validate_manifest
+from aspp_edge.formats.manifest import ManifestError, manifest_path, read_manifest, validate_manifest
 from aspp_edge.export.tflite import read_metadata, tflite_summary
 from aspp_edge.models import list_models
 from aspp_edge.quantize import quantize

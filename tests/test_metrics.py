@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from aspp_edge.evaluate.metrics import (
+from aspp_edge.metrics import (
     confusion_matrix, iou_per_class, logits_sqnr_db, mean_iou, pixel_accuracy, pixel_agreement,
 )
 

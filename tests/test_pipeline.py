@@ -16,8 +16,9 @@ from aspp_edge.cli import main
 from aspp_edge.config import load_recipe
 from aspp_edge.errors import ConfigError
 from aspp_edge.evaluate.report import ROW_FIELDS
-from aspp_edge.export.manifest import read_manifest
-from aspp_edge.pipeline import LOG_FILE, STATE_FILE, run
+from aspp_edge.formats.manifest import read_manifest
+from aspp_edge.pipeline import LOG_FILE, run
+from aspp_edge.stages import STATE_FILE
 
 HEAD = "sep_aspp"
 EXPECTED = {

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import AsppEdgeError
-from .export.manifest import manifest_path, read_manifest, validate_manifest
+from .formats.manifest import manifest_path, read_manifest, validate_manifest
 from .fileio import atomic_path
 
 ANDROID_ASSETS = Path("android/app/src/main/assets")
@@ -38,23 +38,22 @@ def expected_mask_name(app_file: str) -> str:
 
 def sample_image(recipe, index: int = 0) -> np.ndarray:
     """Val image `index` of the recipe as H x W x 3 uint8 pixels, at the model's input size."""
-    from .data import build_dataset
+    from .data import build_dataset, to_pixels
 
     image, _ = build_dataset(recipe, "val")[index]
-    mean, std = (np.asarray(v, np.float64).reshape(3, 1, 1) for v in (recipe.data.mean, recipe.data.std))
-    pixels = (image.numpy().astype(np.float64) * std + mean) * 255.0
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    return to_pixels(image, recipe.data.mean, recipe.data.std)
 
 
 def choose(artifacts: list[str | Path]) -> dict[str, Path]:
     """One artifact per backend; two for the same backend is an error naming both."""
-    from .export import EXTENSIONS
+    from .formats import SUFFIXES, backend_for
 
     chosen: dict[str, Path] = {}
     for a in map(Path, artifacts):
-        backend = EXTENSIONS.get(a.suffix.lstrip("."))
-        if backend is None:
-            raise AsppEdgeError(f"{str(a)!r} is not an artifact; valid types: .mlpackage, .pte, .tflite")
+        try:
+            backend = backend_for(a).name
+        except AsppEdgeError:
+            raise AsppEdgeError(f"{str(a)!r} is not an artifact; valid types: {', '.join(sorted(SUFFIXES))}") from None
         if backend in chosen:
             raise AsppEdgeError(f"the apps take one {backend} artifact; got {chosen[backend].name} and {a.name}")
         chosen[backend] = a

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from collections.abc import Sequence
 
+from .config import METHODS, OBSERVERS
 from .errors import AsppEdgeError
+from .formats import BACKENDS
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -131,15 +133,15 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from .export import BACKENDS, export, from_checkpoint, from_quantized
-    from .errors import ConfigError, choices_error
+    from .export import export_backends, from_checkpoint, from_quantized
+    from .errors import ConfigError
+    from .formats import get_backend
 
     if not args.checkpoint and not args.quantized and not args.model:
         raise ConfigError("export needs --checkpoint (float.pt) and/or --quantized (NAME_int8.pt2), or --model SPEC [--weights FILE]")
-    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
-    for b in backends:
-        if b not in BACKENDS:
-            raise choices_error("backend", b, BACKENDS)
+    for b in args.backend.split(","):
+        if b.strip():
+            get_backend(b.strip())  # an unknown backend is refused before a model is built
     if args.for_apps:
         from .apps import check_app_root
 
@@ -151,13 +153,10 @@ def _cmd_export(args: argparse.Namespace) -> None:
         source = from_checkpoint(args.checkpoint) if args.checkpoint else None
     if args.quantized:
         source = from_quantized(args.quantized, source)
-    written = []
-    for backend in backends:
-        precision = "fp16" if backend == "coreml" and args.precision == "fp32" and not args.exact_precision else args.precision
-        path = export(source, backend, precision, args.out, layout=args.layout if backend == "tflite" else None,
-                      io_dtype=args.io_dtype if (backend, precision) == ("tflite", "int8") else "float32")
+    written = export_backends(source, args.backend, args.precision, args.out, exact_precision=args.exact_precision,
+                              layout=args.layout, io_dtype=args.io_dtype)
+    for path in written:
         print(f"wrote {path}  (+ {path.name}.manifest.json)")
-        written.append(path)
     if args.for_apps:
         from .apps import install_for_apps
 
@@ -249,7 +248,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     import statistics
 
     from .demo import legend, run_demo
-    from .export.manifest import read_manifest
+    from .formats.manifest import read_manifest
 
     seg, paths = run_demo(args.artifact, args.image, args.out, mask_out=args.mask, runs=args.runs, threads=args.threads)
     h, w = seg.mask.shape
@@ -297,6 +296,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backbone", default="mobilenet_v2", help="backbone for --stats")
     p.add_argument("--decoder", default="deeplabv3plus", help="decoder for --stats")
     p.add_argument("--output-stride", type=int, default=16, help="output stride for --stats (8 or 16)")
+def _threads_option(p: argparse.ArgumentParser, what: str = "runtime threads") -> None:
+    p.add_argument("--threads", type=int, default=None, help=f"{what} (default: all cores)")
+
+
+def _backends_option(p: argparse.ArgumentParser, flag: str, default: str, *, all_: bool = True) -> None:
+    p.add_argument(flag, default=default, help=("'all' or " if all_ else "") + "comma-separated: " + ", ".join(BACKENDS))
+
+
     p.add_argument("--width-mult", type=float, default=1.0, help="backbone width multiplier for --stats")
     p.add_argument("--num-classes", type=int, default=21, help="classes for --stats")
     p.set_defaults(func=_cmd_list)
@@ -312,8 +319,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = sub.add_parser("quantize", help="int8 program from a float checkpoint (PTQ or QAT)", formatter_class=fmt)
     p.add_argument("--recipe", default="default", help="built-in recipe name or a YAML path (its ptq:/qat: sections)")
     p.add_argument("--checkpoint", default=None, help="float checkpoint (float.pt); without it, --model is used as it is (saved as OUT/float.pt)")
-    p.add_argument("--method", default="ptq", help="ptq or qat")
-    p.add_argument("--observer", default=None, help="PTQ activation observer: minmax, ema, percentile, mse (default: recipe)")
+    p.add_argument("--method", default="ptq", help=" or ".join(METHODS))
+    p.add_argument("--observer", default=None, help="PTQ activation observer: " + ", ".join(OBSERVERS) + " (default: recipe)")
     p.add_argument("--cle", default=None, action=argparse.BooleanOptionalAction, help="cross-layer equalization before PTQ (default: recipe)")
     p.add_argument("--per-channel", default=None, action=argparse.BooleanOptionalAction, help="per-channel weights (default: recipe)")
     p.add_argument("--calib-size", type=int, default=None, help="calibration images (default: recipe)")
@@ -324,8 +331,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = sub.add_parser("export", help="write .pte / .mlpackage / .tflite artifacts with manifests", formatter_class=fmt)
     p.add_argument("--checkpoint", default=None, help="float checkpoint (float.pt): fp32/fp16 artifacts")
     p.add_argument("--quantized", default=None, help="int8 program (NAME_int8.pt2 from `aspp-edge quantize`): int8 artifacts")
-    p.add_argument("--backend", default="executorch,coreml,tflite", help="comma-separated: executorch, coreml, tflite")
-    p.add_argument("--precision", default="fp32", help="fp32, fp16 (coreml) or int8")
+    _backends_option(p, "--backend", ",".join(BACKENDS), all_=False)
+    p.add_argument("--precision", default="fp32", help="; ".join(f"{b.name}: {', '.join(b.precisions)}" for b in BACKENDS.values())
+                   + " (fp32 means each backend's float default: " + ", ".join(f"{b.name} {b.float_precision}" for b in BACKENDS.values()) + ")")
     p.add_argument("--exact-precision", action="store_true", help="coreml: keep fp32 instead of its fp16 default for --precision fp32")
     p.add_argument("--layout", default="NHWC", help="tflite I/O layout: NHWC or NCHW")
     p.add_argument("--io-dtype", default="float32", help="tflite int8 I/O: float32 (QUANTIZE/DEQUANTIZE at I/O) or int8")
@@ -344,9 +352,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recipe", default="default", help="built-in recipe name (quick, default) or a YAML path")
     p.add_argument("--out", default="runs/default", help="output directory (re-running with it skips finished stages)")
     p.add_argument("--heads", default=None, help="'all' (the ablation) or comma-separated heads (default: the recipe's model, or none when --model is given)")
-    p.add_argument("--backends", default="all", help="'all' or comma-separated: executorch, coreml, tflite")
-    p.add_argument("--methods", default="all", help="'all' or comma-separated: ptq, qat")
-    p.add_argument("--threads", type=int, default=None, help="runtime threads for evaluation and latency (default: all cores)")
+    _backends_option(p, "--backends", "all")
+    p.add_argument("--methods", default="all", help="'all' or comma-separated: " + ", ".join(METHODS))
+    _threads_option(p, "runtime threads for evaluation and latency")
     p.add_argument("--runs", type=int, default=50, help="timed runs per artifact")
     p.add_argument("--no-peaks", action="store_true", help="skip the runtimes' 1x1-convolution throughput reference")
     p.add_argument("--force", action="store_true", help="run in an out dir that holds another recipe's run")
@@ -363,8 +371,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=float, default=1.0, help="backbone width multiplier")
     p.add_argument("--classes", type=int, default=21, help="output classes (21: VOC's names)")
     p.add_argument("--output-stride", type=int, default=16, help="8 or 16")
-    p.add_argument("--backends", default="executorch,tflite,coreml", help="'all' or comma-separated: executorch, tflite, coreml")
-    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
+    _backends_option(p, "--backends", "executorch,tflite,coreml")
+    _threads_option(p)
     p.add_argument("--runs", type=int, default=20, help="timed runs per artifact")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     p.add_argument("--head-channels", type=int, default=None, help="ASPP channels (default: each head's own)")
@@ -379,12 +387,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("artifacts", nargs="+", help=".pte, .tflite or .mlpackage files (with their manifests)")
     p.add_argument("--recipe", default=None, help="recipe whose val split to use (default: the one stored in the reference checkpoint)")
     p.add_argument("--reference", default=None, help="float checkpoint (default: the run's float.pt matching the manifest's sha256)")
-    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
+    _threads_option(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("bench", help="latency, load time and peak RSS of artifacts in their runtimes", formatter_class=fmt)
     p.add_argument("artifacts", nargs="+", help=".pte, .tflite or .mlpackage files (with their manifests)")
-    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
+    _threads_option(p)
     p.add_argument("--runs", type=int, default=50, help="timed runs")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first")
     p.add_argument("--profile", action="store_true", help=".pte: ExecuTorch's per-operator times (ETDump), by operator kind")
@@ -409,7 +417,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="overlay.png", help="overlay PNG (the image's size); the legend goes to <stem>.legend.png")
     p.add_argument("--mask", default=None, help="also write the class-index mask as a greyscale PNG")
     p.add_argument("--runs", type=int, default=5, help="timed predictions (after one untimed)")
-    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
+    _threads_option(p)
     p.set_defaults(func=_cmd_demo)
     return parser.parse_args(argv)
 

@@ -32,7 +32,7 @@ class ModelConfig:
     output_stride: int = 16
     width_mult: float = 1.0
     head_channels: int | None = None
-    dropout: float = 0.1
+    dropout: float = 0.1  # = models.aspp.DEFAULT_DROPOUT (tests/test_config.py checks they agree)
     backbone_weights: str | None = None
     # A brought model instead of a built-in head (models/brought.py): torchvision:NAME, smp:ARCH or
     # module.path:callable, its factory's keyword arguments, and an optional state dict file.
@@ -131,7 +131,8 @@ class TrainConfig:
             raise ConfigError(f"train.num_workers {self.num_workers!r} must be >= 0")
 
 
-OBSERVERS = ("minmax", "ema", "percentile", "mse")
+OBSERVERS = ("minmax", "ema", "percentile", "mse")  # PTQ activation observers (calibration/observers.py)
+METHODS = ("ptq", "qat")  # how an int8 program is made: each is a recipe section
 
 
 class _QuantSection:

@@ -37,6 +37,8 @@ from typing import Any
 from .errors import ConfigError, choices_error
 from .evaluate.report import OVERHEAD_GMACS, overhead_note
 from .fileio import write_text_atomic
+from .formats import BACKENDS, artifact_name, artifact_size, get_backend, manifest_path
+from .stages import Stage, StageBook
 
 ALL = "all"
 SEED = 0  # float weights: seeded, so every rebuild is the same model
@@ -89,7 +91,6 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         from .config import MIN_CALIB_SIZE
-        from .export import BACKENDS
         from .models import list_models
         from .models.registry import BACKBONES
 
@@ -221,15 +222,9 @@ def validate(doc: dict[str, Any], where: str = "sweep.json") -> None:
         raise ConfigError(f"{where} does not follow sweep.schema.json at {path}: {exc.message}") from exc
 
 
-def float_precision(backend: str) -> str:
-    return "fp16" if backend == "coreml" else "fp32"
-
-
 def sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True, force: bool = False) -> SweepResult:
     """Build, calibrate, export and time every model of `config` into `out_dir`; resumable stage by stage."""
     from tqdm import tqdm
-
-    from .pipeline import StageBook
 
     started = time.perf_counter()
     models = config.parsed_models()
@@ -238,12 +233,8 @@ def sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True, fo
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file, not a directory")
     lines: list[str] = []
-    ran: list[str] = []
-    reused: list[str] = []
-    book = StageBook(out, _BookName(BOOK_NAME), force=force, log=lambda s: None)  # refuses a `run` folder before writing
+    book = StageBook(out, BOOK_NAME, force=force)  # refuses a `run` folder before writing
     out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(models) * (1 + 4 * len(config.backends)) + int(config.peaks) + 1, desc="sweep", unit="stage",
-               disable=not progress, dynamic_ncols=True)
 
     def log(line: str) -> None:
         lines.append(line)
@@ -251,44 +242,33 @@ def sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True, fo
             f.write(line + "\n")
 
     book.log = log
-    book.total = bar.total
     log(f"== sweep {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}: {config.command()}")
 
-    def stage(key: str, inputs: dict[str, Any], outputs: list[Path], fn) -> str:
-        bar.set_description(f"sweep {key}")
-        (ran if book.run(key, inputs, outputs, fn) else reused).append(key)
-        bar.update(1)
-        return book.stamp(key) or ""
-
     ctx = _Sweep(config, out)
-    stamps: dict[str, str] = {}
-    try:
-        for m in models:
-            recipe = recipes[m.key]
-            stamps.update(ctx.model_stages(m, recipe, stage))
-        peaks_path = out / "peaks.json"
-        if config.peaks:
-            from .evaluate.latency import PEAK_CHANNELS, PEAK_LAYERS, PEAK_SIZE
+    plan = [stage for m in models for stage in ctx.model_stages(m, recipes[m.key])]
+    peaks_path = out / "peaks.json"
+    if config.peaks:
+        from .evaluate.latency import PEAK_CHANNELS, PEAK_LAYERS, PEAK_SIZE
 
-            stamps["runtime-peaks"] = stage("runtime-peaks", {"v": STAGE_VERSIONS["peaks"], "threads": config.threads,
-                                                              "shape": [PEAK_LAYERS, PEAK_CHANNELS, PEAK_SIZE], "system": platform.system()},
-                                            [peaks_path], lambda: ctx.write_peaks(peaks_path))
-        paths = {name: out / name for name in ("sweep.json", "sweep.md", "sweep.png")}
-        stage("report", {"v": STAGE_VERSIONS["report"], "config": config.to_dict(), "stamps": stamps}, list(paths.values()),
-              lambda: ctx.write_report(models, paths, peaks_path if config.peaks else None))
-    finally:
-        bar.close()
+        plan.append(Stage("runtime-peaks", {"v": STAGE_VERSIONS["peaks"], "threads": config.threads,
+                                            "shape": [PEAK_LAYERS, PEAK_CHANNELS, PEAK_SIZE], "system": platform.system()},
+                          [peaks_path], lambda: ctx.write_peaks(peaks_path)))
+    paths = {name: out / name for name in ("sweep.json", "sweep.md", "sweep.png")}
+    timed = {f"stamp {s.key}": s.key for s in plan if s.key.startswith("time/") or s.key == "runtime-peaks"}
+    plan.append(Stage("report", {"v": STAGE_VERSIONS["report"], "config": config.to_dict()}, list(paths.values()),
+                      lambda: ctx.write_report(models, paths, peaks_path if config.peaks else None), upstream=timed))
+    book.total = len(plan)
+    with tqdm(plan, desc="sweep", unit="stage", disable=not progress, dynamic_ncols=True) as bar:
+        for stage in bar:
+            bar.set_description(f"sweep {stage.key}")
+            book.run_stage(stage)
+    ran, reused = book.ran, book.reused
     doc = json.loads(paths["sweep.json"].read_text())
     seconds = time.perf_counter() - started
     summary = summary_text(doc, ran=len(ran), reused=len(reused), seconds=seconds)
     log(f"report: {paths['sweep.md']} ({len(ran)} stages ran, {len(reused)} reused, {seconds:.0f} s)")
     return SweepResult(out=str(out), rows=doc["rows"], paths={k: str(v) for k, v in paths.items()}, stages_run=ran,
                        stages_reused=reused, seconds=seconds, summary=summary, log=lines)
-
-
-@dataclass(frozen=True)
-class _BookName:
-    name: str
 
 
 class _Sweep:
@@ -312,8 +292,7 @@ class _Sweep:
     def name(self, m: SweepModel) -> str:
         return f"{m.folder}_{self.config.size}"
 
-    def model_stages(self, m: SweepModel, recipe, stage) -> dict[str, str]:
-        from .export import artifact_name, manifest_path
+    def model_stages(self, m: SweepModel, recipe) -> list[Stage]:
 
         cfg, mdir = self.config, self.out / m.folder
         conf = recipe.to_dict()
@@ -321,23 +300,28 @@ class _Sweep:
         program = mdir / "quant" / f"{name}_ptq_int8.pt2"
         model_json = mdir / "model.json"
         model_inputs = {"model": conf["model"], "data": conf["data"], "seed": SEED}
-        q_stamp = stage(f"quant/{m.key}", {"v": STAGE_VERSIONS["quant"], **model_inputs, "ptq": conf["ptq"]},
-                        [program, program.with_suffix(".json"), model_json], lambda: self.quantize(m, recipe, program, model_json))
-        stamps = {}
+        quant_key = f"quant/{m.key}"
+        stages = [Stage(quant_key, {"v": STAGE_VERSIONS["quant"], **model_inputs, "ptq": conf["ptq"]},
+                        [program, program.with_suffix(".json"), model_json], lambda: self.quantize(m, recipe, program, model_json))]
         for backend in cfg.backends:
-            for precision in (float_precision(backend), "int8"):
+            for precision in (get_backend(backend).float_precision, "int8"):
                 stem = f"{name}_ptq" if precision == "int8" else name
                 artifact = mdir / "artifacts" / artifact_name(stem, backend, precision)
-                upstream = q_stamp if precision == "int8" else model_inputs
-                e_stamp = stage(f"export/{m.key}/{backend}/{precision}",
-                                {"v": STAGE_VERSIONS["export"], "source": upstream, "backend": backend, "precision": precision},
-                                [artifact, manifest_path(artifact)], lambda b=backend, p=precision: self.export(m, recipe, program, b, p))
+                export_key, key = f"export/{m.key}/{backend}/{precision}", f"time/{m.key}/{backend}/{precision}"
+                export_inputs = {"v": STAGE_VERSIONS["export"], "backend": backend, "precision": precision}
+                if precision != "int8":  # the float model is rebuilt from its seeded configuration
+                    export_inputs["source"] = model_inputs
                 row_path = mdir / "latency" / f"{artifact.name}.json"
-                key = f"time/{m.key}/{backend}/{precision}"
-                stamps[key] = stage(key, {"v": STAGE_VERSIONS["time"], "artifact": e_stamp, "model": q_stamp, "threads": cfg.threads,
-                                          "runs": cfg.runs, "warmup": cfg.warmup, "system": platform.system()},
-                                    [row_path], lambda a=artifact, r=row_path: self.time(m, a, model_json, r))
-        return stamps
+                stages += [
+                    Stage(export_key, export_inputs, [artifact, manifest_path(artifact)],
+                          lambda b=backend, p=precision: self.export(m, recipe, program, b, p),
+                          upstream={"source": quant_key} if precision == "int8" else {}),
+                    Stage(key, {"v": STAGE_VERSIONS["time"], "threads": cfg.threads, "runs": cfg.runs, "warmup": cfg.warmup,
+                                "system": platform.system()},
+                          [row_path], lambda a=artifact, r=row_path: self.time(m, a, model_json, r),
+                          upstream={"artifact": export_key, "model": quant_key}),
+                ]
+        return stages
 
     def quantize(self, m: SweepModel, recipe, program: Path, model_json: Path) -> None:
         from .calibration.calibrate import calibration_batches
@@ -368,8 +352,7 @@ class _Sweep:
         return export(source, backend, precision, self.out / m.folder / "artifacts")
 
     def time(self, m: SweepModel, artifact: Path, model_json: Path, row_path: Path) -> None:
-        from .export import artifact_size
-        from .export.manifest import read_manifest
+        from .formats.manifest import read_manifest
 
         cfg = self.config
         model = json.loads(model_json.read_text())
@@ -414,8 +397,7 @@ class _Sweep:
 
     def write_report(self, models: list[SweepModel], paths: dict[str, Path], peaks_path: Path | None) -> None:
         from .evaluate.report import machine
-        from .export import artifact_name
-        from .export.manifest import tool_versions
+        from .formats.manifest import tool_versions
         from .fileio import atomic_path
 
         cfg = self.config
@@ -424,7 +406,7 @@ class _Sweep:
         for m in models:
             name = self.name(m)
             for backend in cfg.backends:
-                for precision in (float_precision(backend), "int8"):
+                for precision in (get_backend(backend).float_precision, "int8"):
                     stem = f"{name}_ptq" if precision == "int8" else name
                     row = json.loads((self.out / m.folder / "latency" / f"{artifact_name(stem, backend, precision)}.json").read_text())
                     peak = peaks.get(f"{backend} {precision}")
@@ -532,7 +514,7 @@ def separable_table(doc: dict[str, Any]) -> list[str]:
     for sep, std in separable_pairs(doc):
         mac = doc["models"][std]["gmacs"] / doc["models"][sep]["gmacs"]
         for b in doc["config"]["backends"]:
-            for p in (float_precision(b), "int8"):
+            for p in (get_backend(b).float_precision, "int8"):
                 speed = _ratio(_median(by.get((std, b, p))), _median(by.get((sep, b, p))))
                 if speed is not None:
                     lines.append(f"| {sep.split('@')[1]} | {b} {p} | {mac:.2f}x | {speed:.2f}x |")

@@ -25,7 +25,7 @@ from .checkpoint import load_state, read_checkpoint, save_checkpoint
 from .config import Recipe, recipe_differences
 from .data import IGNORE_INDEX, build_dataset
 from .errors import CheckpointError, ConfigError
-from .evaluate.metrics import confusion_matrix, mean_iou
+from .metrics import confusion_matrix, mean_iou
 from .distributed import DistContext, finish_distributed, init_distributed, sync_and_hash
 from .models import model_from_recipe, model_label
 

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.mobilenetv2 import InvertedResidual as V2Block
 
 from ..models.aspp import ASPP, LRASPP, ImagePooling, SeparableAtrousConv
+from ..models.fold import fold_batchnorm
 from ..models.segmenter import Segmenter
 
 MIN_RANGE = 1e-8  # channels whose weights are all ~0 are left alone
@@ -50,18 +50,6 @@ class EqualizeReport:
 
 
 NO_CHAINS = "CLE: no equalizable chains found"
-
-
-def fold_batchnorm(module: nn.Module) -> int:
-    """Fold conv -> BN pairs inside every nn.Sequential, in place; returns how many were folded."""
-    folded = 0
-    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
-        for i in range(len(seq) - 1):
-            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
-                seq[i] = fuse_conv_bn_eval(seq[i].eval(), seq[i + 1].eval())
-                seq[i + 1] = nn.Identity()
-                folded += 1
-    return folded
 
 
 def _out_range(conv: nn.Conv2d) -> torch.Tensor:

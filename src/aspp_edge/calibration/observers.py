@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torchao.quantization.pt2e import HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver
 
+from ..config import OBSERVERS
 from ..errors import choices_error
 
-OBSERVERS = ("minmax", "ema", "percentile", "mse")
 EPS = 2**-12  # smallest scale, as the XNNPACK and LiteRT quantizers use
 MAX_SAMPLES = 1 << 20  # torch.quantile's input limit is 16M elements; a strided subset is plenty
 

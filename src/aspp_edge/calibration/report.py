@@ -15,7 +15,7 @@ import torch
 from torch.fx import GraphModule, Interpreter
 from torchao.quantization.pt2e import disable_observer, enable_observer
 
-from ..evaluate.metrics import sqnr_db
+from ..metrics import sqnr_db
 
 QUANTIZE_PER_TENSOR = torch.ops.quantized_decomposed.quantize_per_tensor.default
 

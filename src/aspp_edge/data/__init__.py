@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch.utils.data import Dataset
 
-from ..config import Recipe
 from ..errors import ConfigError
 from .folder import FolderSegmentation, has_split_file
 from .synthetic import CLASSES as SYNTHETIC_CLASSES
 from .synthetic import SyntheticSegmentation
 from .transforms import IGNORE_INDEX, eval_transforms, train_transforms
+
+if TYPE_CHECKING:  # the recipe is built above data (config validates against it)
+    from ..config import Recipe
 
 __all__ = ["CALIB_SPLIT", "IGNORE_INDEX", "FolderSegmentation", "SyntheticSegmentation", "build_dataset", "calibration_dataset"]
 
@@ -53,3 +57,13 @@ def calibration_dataset(recipe: Recipe) -> tuple[Dataset, str]:
     if d.dataset == "folder" and not has_split_file(d.root, CALIB_SPLIT):
         return build_dataset(recipe, "train", augment=False), "train"
     return build_dataset(recipe, CALIB_SPLIT, augment=False), CALIB_SPLIT
+
+
+def to_pixels(image, mean, std):
+    """A normalized (3, H, W) image tensor back to H x W x 3 uint8 RGB pixels (rounded), for figures
+    and the apps' sample scene."""
+    import numpy as np
+
+    mean, std = (np.asarray(v, np.float64).reshape(3, 1, 1) for v in (mean, std))
+    pixels = (image.numpy().astype(np.float64) * std + mean) * 255.0
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(1, 2, 0)

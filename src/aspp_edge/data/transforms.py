@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255  # mask value that the loss and the metrics skip (VOC's "void")
+from ..metrics import IGNORE_INDEX  # mask value that the loss and the metrics skip (VOC's "void")
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .metrics import confusion_matrix, mean_iou, pixel_accuracy
+from ..metrics import confusion_matrix, mean_iou, pixel_accuracy
 
 SAMPLE_IMAGES = 4  # leading val images whose predicted masks are kept for the samples figure
 

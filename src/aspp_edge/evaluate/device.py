@@ -202,8 +202,8 @@ def bench_device(artifacts: list[str | Path], *, tflite_benchmark: str | None = 
                  adb: str | None = None, serial: str | None = None, threads: int = 4, runs: int = 50, warmup: int = 5,
                  progress: bool = True) -> dict[str, Any]:
     """Benchmark artifacts on an attached Android device; returns {"device": ..., "artifacts": rows}."""
-    from ..export import artifact_size
-    from ..export.manifest import model_name, read_manifest
+    from ..formats import artifact_size
+    from ..formats.manifest import model_name, read_manifest
     from ..runtime import check_artifact
 
     paths = [Path(a) for a in artifacts]

@@ -215,10 +215,10 @@ def peak_artifacts(cache_dir: str | Path) -> dict[tuple[str, str], Path]:
     import torch
     from torch import nn
 
-    from ..config import PTQConfig, load_recipe
-    from ..export import _folded
+    from ..config import PTQConfig
     from ..export import executorch as et
     from ..export import tflite as tfl
+    from ..export.common import folded
     from ..fileio import atomic_path
     from ..quantize import quantize
 
@@ -231,13 +231,12 @@ def peak_artifacts(cache_dir: str | Path) -> dict[tuple[str, str], Path]:
     conv = nn.Sequential(*(nn.Conv2d(PEAK_CHANNELS, PEAK_CHANNELS, 1) for _ in range(PEAK_LAYERS))).eval()
     example = torch.randn(1, PEAK_CHANNELS, PEAK_SIZE, PEAK_SIZE)
     program = quantize(conv, PTQConfig(observer="minmax"), calibration=[torch.randn(2, PEAK_CHANNELS, PEAK_SIZE, PEAK_SIZE)]).convert(fold_quantize=False)
-    recipe = load_recipe("quick")  # only its (unused) normalization is read: scalar_input=False
     with torch.no_grad():
         build = {
             ("executorch", "fp32"): lambda: et.to_pte(conv, example)[0],
-            ("executorch", "int8"): lambda: et.to_pte(_folded(program), example)[0],
-            ("tflite", "fp32"): lambda: tfl.convert(conv, example, recipe, int8=False, scalar_input=False),
-            ("tflite", "int8"): lambda: tfl.convert(program, example, recipe, int8=True, scalar_input=False),
+            ("executorch", "int8"): lambda: et.to_pte(folded(program), example)[0],
+            ("tflite", "fp32"): lambda: tfl.convert(conv, example, None, int8=False, scalar_input=False),
+            ("tflite", "int8"): lambda: tfl.convert(program, example, None, int8=True, scalar_input=False),
         }
         for key, path in paths.items():
             if not path.exists():

@@ -1,7 +1,8 @@
 """The run's report: report.json, report.md (table + verdict), pareto.png and samples.png.
 
-Rows are plain dicts, one per artifact (`ROW_FIELDS`); an artifact its runtime cannot run on
-this machine has `evaluated_by = "not run: <reason>"` and None for every measured figure.
+Rows are `ArtifactResult.to_row()` (evaluate/results.py), one per artifact (`ROW_FIELDS`); an
+artifact its runtime cannot run on this machine has `evaluated_by = "not run: <reason>"` and None
+for every measured figure.
 """
 
 from __future__ import annotations
@@ -16,19 +17,22 @@ from typing import Any
 
 import numpy as np
 
+from ..config import METHODS
 from ..fileio import atomic_path
-from ..runtime.mil import NAME as INTERPRETED  # evaluated_by of Core ML rows run by the MIL reference interpreter
+from .results import MIL_REFERENCE as INTERPRETED
+from .results import evaluated_by
 
 ROW_FIELDS = (
     "path", "backend", "precision", "method", "head", "miou", "miou_drop", "agreement", "sqnr_db", "latency_ms",
     "load_ms", "size_bytes", "peak_rss_mb", "gmacs", "gmacs_per_s", "evaluated_by",
 )
-# Targets of the default recipe (issue 5); the verdict states each against the measured figures.
+# Targets the verdict states against the measured figures: what a deployed int8 model must keep of
+# its float reference (drop, argmax agreement), and what int8 must buy in speed to be worth it.
 QAT_MAX_DROP = 0.3  # points
 QAT_MIN_AGREEMENT = 0.99
 INT8_MAX_LATENCY_RATIO = 0.25  # int8 median / fp32 median of the same runtime
-COREML_FP16_MIN_AGREEMENT = 0.995  # Core ML fp16 vs the float model (issue 6)
-CROSS_MIN_AGREEMENT = 0.99  # an int8 artifact vs the other backends' int8 artifacts of the same program (issue 6)
+COREML_FP16_MIN_AGREEMENT = 0.995  # Core ML fp16 vs the float model: fp16 rounding alone, no quantization
+CROSS_MIN_AGREEMENT = 0.99  # an int8 artifact vs the other backends' int8 artifacts of the same program (same qparams)
 OVERHEAD_GMACS = 0.5  # below this, fixed per-operator costs dominate latency: ratios measured there say little about deploy size
 
 
@@ -62,7 +66,7 @@ def _cpu_name() -> str:
 
 
 def ran(row: dict[str, Any]) -> bool:
-    return not str(row.get("evaluated_by", "")).startswith("not run")
+    return evaluated_by(row).ran
 
 
 def label(row: dict[str, Any], with_head: bool = False) -> str:
@@ -139,7 +143,7 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
                 pairs = ", ".join(f"{b} {v:.4f}" for b, v in sorted(r["agreement_with"].items()))
                 out.append(f"- {head}: Core ML int8 {r['method']} ({r['evaluated_by']}) vs the other int8 artifacts of its program: {pairs} "
                            f"({'meets' if worst >= CROSS_MIN_AGREEMENT else 'misses'} the {CROSS_MIN_AGREEMENT} target).")
-        for method in ("ptq", "qat"):
+        for method in METHODS:
             et = [r for r in mine if (r["backend"], r["precision"], r["method"]) == ("executorch", "int8", method)]
             tfl = [r for r in mine if (r["backend"], r["precision"], r["method"]) == ("tflite", "int8", method)]
             if et and tfl and et[0]["latency_ms"] and tfl[0]["latency_ms"]:
@@ -195,11 +199,11 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     described = [(h, refs[h]["model"]) for h in heads if h in refs and refs[h].get("model")]
     if any("source" in m for _, m in described):  # brought models beside ours: say what each one is
-        from ..export.manifest import describe_model_section
+        from ..formats.manifest import describe_model_section
 
         lines.append("Models (same data, same int8 scheme, same measurement): "
                      + "; ".join(f"`{h}`: {describe_model_section(m)}" for h, m in described) + ".")
-    if any(r.get("evaluated_by") == INTERPRETED for r in rows):
+    if any(evaluated_by(r).interpreted for r in rows):
         lines.append(f"Rows evaluated by `{INTERPRETED}` ran the Core ML package's ML Program in aspp-edge's numpy MIL interpreter "
                      "(Core ML predicts only on macOS): their figures check the program as shipped (ops, padding and dilation, "
                      "resize modes, quantization parameters, the image input's preprocessing), not Apple's kernels or the Neural "

@@ -15,6 +15,7 @@ Core ML quantize/dequantize ops and its int8 weights into constexpr_affine_dequa
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,10 @@ from torch import nn
 
 from ..config import Recipe
 from ..errors import AsppEdgeError
+from ..formats.files import load_mlpackage_spec
+from .common import INPUT_NAME, OUTPUT_NAME, Written, folded, io_specs
 from .preprocess import InputAffine, image_type_preprocessing
 
-PRECISIONS = ("fp16", "fp32", "int8")
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
 PREVIEW_TYPE = "com.apple.coreml.model.preview.type"
 PREVIEW_PARAMS = "com.apple.coreml.model.preview.params"
 METADATA_PREFIX = "aspp_edge."
@@ -74,23 +75,6 @@ def describe(mlmodel, recipe: Recipe, essentials: dict[str, Any]) -> None:
         meta[METADATA_PREFIX + key] = value if isinstance(value, str) else json.dumps(value)
 
 
-def check_mlpackage(path: str | Path) -> None:
-    path = Path(path)
-    if not (path.is_dir() and (path / "Manifest.json").is_file()):
-        raise AsppEdgeError(f"{str(path)!r} is not a Core ML package (.mlpackage): expected a directory with Manifest.json")
-
-
-def load_spec(path: str | Path):
-    """The protobuf spec of a saved .mlpackage (works on Linux), or a clear error."""
-    import coremltools as ct
-
-    check_mlpackage(path)
-    try:
-        return ct.utils.load_spec(str(path))
-    except Exception as exc:
-        raise AsppEdgeError(f"{str(path)!r} is a truncated or corrupt Core ML package (.mlpackage): {type(exc).__name__}: {exc}") from exc
-
-
 def _ops(block, counts: Counter) -> None:
     for op in block.operations:
         counts[op.type] += 1
@@ -100,7 +84,7 @@ def _ops(block, counts: Counter) -> None:
 
 def mlpackage_summary(path: str | Path) -> dict[str, Any]:
     """MIL op histogram, I/O description and metadata of a saved package, read from its spec."""
-    spec = load_spec(path)
+    spec = load_mlpackage_spec(path)
     counts: Counter = Counter()
     if spec.WhichOneof("Type") == "mlProgram":
         for function in spec.mlProgram.functions.values():
@@ -122,3 +106,28 @@ def mlpackage_summary(path: str | Path) -> dict[str, Any]:
         "ops": dict(sorted(counts.items())),
         "metadata": dict(spec.description.metadata.userDefined),
     }
+
+
+def write(module: nn.Module, source, precision: str, tmp: Path, *, layout: str, io_dtype: str) -> Written:
+    """The `.mlpackage` (ML Program, iOS17, image input) of a float module or the int8 program at `tmp`."""
+    recipe = source.recipe
+    mlmodel = convert(folded(module) if precision == "int8" else module, source.example, recipe, precision=precision)
+    scale, bias, factor = image_preprocessing(recipe)
+    info = {"image_scale": scale, "image_bias": bias, "channel_factor": factor,
+            "compute_precision": "fp32" if precision == "fp32" else "fp16",
+            "minimum_deployment_target": "iOS17", "weights": "int8 (constexpr_affine_dequantize)" if precision == "int8" else precision}
+    input_spec, output_spec = io_specs(source, "NCHW", kind="image", in_dtype="uint8", out_dtype="float32", applied_by="model")
+    describe(mlmodel, recipe, {
+        **({"source": recipe.model.source} if recipe.model.source else {"head": recipe.model.head}),
+        "precision": precision, "method": source.method_for(precision),
+        "normalization": input_spec["normalization"], "output_layout": "NCHW", "recipe": recipe.name,
+    })
+    # coremltools wants the .mlpackage suffix: save inside the temp dir, then make the package the temp dir
+    tmp.mkdir()
+    inner = tmp / "model.mlpackage"
+    mlmodel.save(str(inner))
+    staged = tmp.with_name(tmp.name + ".pkg")
+    os.replace(inner, staged)
+    tmp.rmdir()
+    os.replace(staged, tmp)
+    return Written(info, input_spec, output_spec)

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from ..errors import AsppEdgeError
-from ..fileio import check_flatbuffer
+from ..formats.files import check_pte
+from .common import Written, folded, io_specs
 
-PRECISIONS = ("fp32", "int8")
 CALL_DELEGATE = "executorch_call_delegate"
 
 
@@ -84,10 +84,6 @@ def to_pte(module: torch.nn.Module, example: torch.Tensor) -> tuple[bytes, dict[
     return edge.to_executorch().buffer, info
 
 
-def check_pte(path: str | Path) -> None:
-    check_flatbuffer(path, b"ET12", "an ExecuTorch program (.pte)")
-
-
 def read_pte(path: str | Path):
     """The deserialized program of a .pte file, or an error naming the file and the format."""
     from executorch.exir._serialize._program import deserialize_pte_binary
@@ -119,3 +115,10 @@ def pte_summary(path: str | Path) -> dict[str, Any]:
         "inputs": [shape(i) for i in plan.inputs],
         "outputs": [shape(i) for i in plan.outputs],
     }
+
+
+def write(module: torch.nn.Module, source, precision: str, tmp: Path, *, layout: str, io_dtype: str) -> Written:
+    """The XNNPACK-delegated `.pte` of a float module or the int8 program (weights folded) at `tmp`."""
+    data, info = to_pte(folded(module) if precision == "int8" else module, source.example)
+    tmp.write_bytes(data)
+    return Written(info, *io_specs(source, "NCHW"))

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AsppEdgeError, choices_error
-from .manifest import ManifestError, describe_model_section, manifest_path, read_manifest
+from ..formats.manifest import ManifestError, describe_model_section, manifest_path, read_manifest
 
 
 def inspect_artifact(path: str | Path) -> dict[str, Any]:
     """Read an artifact from disk (not from our own objects) and summarise it."""
-    from . import artifact_size
+    from ..formats import artifact_size
     from .coreml import mlpackage_summary
     from .executorch import pte_summary
     from .tflite import read_metadata, tflite_summary

@@ -29,16 +29,14 @@ import torch
 
 from ..config import Recipe
 from ..errors import AsppEdgeError
-from ..fileio import check_flatbuffer
+from ..formats.files import TFLITE_IDENTIFIER as MODEL_IDENTIFIER
+from ..formats.files import check_tflite
+from .common import INPUT_NAME, OUTPUT_NAME, Written, io_specs
 from .preprocess import InputAffine, scalar_normalization
 
-PRECISIONS = ("fp32", "int8")
-LAYOUTS = ("NHWC", "NCHW")
-IO_DTYPES = ("float32", "int8")
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
 LABELS_FILE = "labels.txt"
 TFLITE_METADATA = "TFLITE_METADATA"
-METADATA_IDENTIFIER, SEGMENTER_IDENTIFIER, MODEL_IDENTIFIER = b"M001", b"V001", b"TFL3"
+METADATA_IDENTIFIER, SEGMENTER_IDENTIFIER = b"M001", b"V001"
 MIN_PARSER_VERSION = "1.5.0"  # custom metadata in SubGraphMetadata arrived in metadata schema 1.5.0
 
 
@@ -58,7 +56,7 @@ def _static_quant_config():
     return quant_config.QuantConfig(pt2e_quantizer=quantizer)
 
 
-def convert(module: torch.nn.Module, example: torch.Tensor, recipe: Recipe, *, int8: bool, layout: str = "NHWC",
+def convert(module: torch.nn.Module, example: torch.Tensor, recipe: Recipe | None, *, int8: bool, layout: str = "NHWC",
             scalar_input: bool = True) -> bytes:
     """litert-torch conversion of `module` (float, or the int8 Q/DQ program with weights unfolded).
 
@@ -67,9 +65,10 @@ def convert(module: torch.nn.Module, example: torch.Tensor, recipe: Recipe, *, i
     where the quantized input must be the model's first tensor)."""
     import litert_torch
 
-    _, scale, bias = scalar_normalization(recipe)
-    if scale is not None and scalar_input:
-        module = InputAffine(module, scale, bias)
+    if scalar_input:
+        _, scale, bias = scalar_normalization(recipe)
+        if scale is not None:
+            module = InputAffine(module, scale, bias)
     if layout == "NHWC":
         module = litert_torch.to_channel_last_io(module, args=[0], outputs=[0])
         example = example.permute(0, 2, 3, 1).contiguous()
@@ -247,10 +246,6 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     return summary, files
 
 
-def check_tflite(path: str | Path) -> None:
-    check_flatbuffer(path, MODEL_IDENTIFIER, "a TFLite model (.tflite)")
-
-
 def read_tflite(path: str | Path):
     check_tflite(path)
     data = Path(path).read_bytes()
@@ -302,3 +297,39 @@ def summarize(model) -> dict[str, Any]:
         "qdq_at_io": io_qdq,
         "qdq_inside": inside,
     }
+
+
+def _quant(detail: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not detail or detail.get("quantization") is None or detail["dtype"] not in ("int8", "uint8"):
+        return None
+    return {"dtype": detail["dtype"], **detail["quantization"]}
+
+
+def _litert_program(program: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """The int8 program in the form LiteRT runs fastest: each hardswish as an int8 gate and multiply
+    (LiteRT's XNNPACK delegate runs HARD_SWISH in float only; see quantize/rewrites.py)."""
+    import copy
+
+    from ..quantize.rewrites import hardswish_as_int8_gate
+
+    program = copy.deepcopy(program)
+    hardswish_as_int8_gate(program)
+    return program
+
+
+def write(module: torch.nn.Module, source, precision: str, tmp: Path, *, layout: str, io_dtype: str) -> Written:
+    """The `.tflite` (with LiteRT image-segmenter metadata) of a float module or the int8 program at `tmp`.
+    `io_dtype` float32: MediaPipe's scalar normalization and QUANTIZE/DEQUANTIZE at the I/O of an int8 model."""
+    recipe, int8, scalar_input = source.recipe, precision == "int8", io_dtype == "float32"
+    data = convert(_litert_program(module) if int8 else module, source.example, recipe, int8=int8, layout=layout,
+                   scalar_input=scalar_input)
+    if scalar_input:
+        data = to_float_io(data)
+    data = add_metadata(name_io(data), recipe, description=f"aspp-edge {source.model_label} {precision} ({recipe.name} recipe)")
+    tmp.write_bytes(data)
+    summary = summarize(parse(data))
+    (inp,), (outp,) = summary["inputs"], summary["outputs"]
+    info = {"ops": summary["ops"], "qdq_at_io": summary["qdq_at_io"], "qdq_inside": summary["qdq_inside"]}
+    input_spec, output_spec = io_specs(source, layout, quant_in=_quant(inp), quant_out=_quant(outp), in_dtype=inp["dtype"],
+                                       out_dtype=outp["dtype"], norm=scalar_normalization(recipe)[0] if scalar_input else None)
+    return Written(info, input_spec, output_spec)

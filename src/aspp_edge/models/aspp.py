@@ -20,11 +20,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-import torch.nn.functional as F
 
 from .registry import register_model
 
 # DeepLabV3's atrous rates at output stride 16; doubled at output stride 8.
+DEFAULT_DROPOUT = 0.1  # before the head's classifier; the recipe's model.dropout defaults to it
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 
 # Hybrid dilated convolution (Wang et al., "Understanding Convolution for Semantic Segmentation"):
@@ -127,7 +127,7 @@ class ASPP(nn.Module):
         norm: bool = True,
         separable: bool = False,
         se: bool = False,
-        dropout: float = 0.5,
+        dropout: float = DEFAULT_DROPOUT,
     ) -> None:
         super().__init__()
         block = SeparableAtrousConv if separable else AtrousConv
@@ -164,32 +164,32 @@ class LRASPP(nn.Module):
 
 
 @register_model("aspp")
-def aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = 0.5) -> ASPP:
+def aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = DEFAULT_DROPOUT) -> ASPP:
     return ASPP(cin, ASPP_RATES[output_stride], channels, dropout=dropout)
 
 
 @register_model("aspp_nobn")
-def aspp_nobn(cin: int, *, output_stride: int, channels: int = 256, dropout: float = 0.5) -> ASPP:
+def aspp_nobn(cin: int, *, output_stride: int, channels: int = 256, dropout: float = DEFAULT_DROPOUT) -> ASPP:
     return ASPP(cin, ASPP_RATES[output_stride], channels, norm=False, dropout=dropout)
 
 
 @register_model("sep_aspp")
-def sep_aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = 0.5) -> ASPP:
+def sep_aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = DEFAULT_DROPOUT) -> ASPP:
     return ASPP(cin, ASPP_RATES[output_stride], channels, separable=True, dropout=dropout)
 
 
 @register_model("se_aspp")
-def se_aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = 0.5) -> ASPP:
+def se_aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = DEFAULT_DROPOUT) -> ASPP:
     return ASPP(cin, ASPP_RATES[output_stride], channels, se=True, dropout=dropout)
 
 
 @register_model("sep_se_aspp")
-def sep_se_aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = 0.5) -> ASPP:
+def sep_se_aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = DEFAULT_DROPOUT) -> ASPP:
     return ASPP(cin, ASPP_RATES[output_stride], channels, separable=True, se=True, dropout=dropout)
 
 
 @register_model("hdc_aspp")
-def hdc_aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = 0.5) -> ASPP:
+def hdc_aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = DEFAULT_DROPOUT) -> ASPP:
     return ASPP(cin, HDC_RATES[output_stride], channels, dropout=dropout)
 
 

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import aspp as _aspp  # noqa: F401  (registers the heads)
+from .aspp import DEFAULT_DROPOUT
 from . import decoder as _decoder  # noqa: F401  (registers the decoders)
 from .backbones import check_output_stride
 from .registry import BACKBONES, DECODERS, HEADS
@@ -64,7 +65,7 @@ def create_model(
     output_stride: int = 16,
     width_mult: float = 1.0,
     head_channels: int | None = None,
-    dropout: float = 0.5,
+    dropout: float = DEFAULT_DROPOUT,
     input_size: int | tuple[int, int] = 512,
     backbone_weights: str | None = None,
 ) -> Segmenter:

@@ -14,7 +14,7 @@ from torchao.quantization.pt2e import disable_fake_quant, enable_fake_quant
 from ..calibration.calibrate import calibration_batches
 from ..calibration.report import layer_report, sqnr_db
 from ..checkpoint import load_model
-from ..config import Recipe
+from ..config import METHODS, Recipe
 from ..data import build_dataset, calibration_dataset
 from ..distributed import finish_distributed, init_distributed
 from ..errors import ConfigError, choices_error
@@ -22,7 +22,6 @@ from ..fileio import sha256_file
 from ..train import evaluate_miou
 from . import QuantizedModel, quantize
 
-METHODS = ("ptq", "qat")
 SQNR_IMAGES = 32  # val images whose logits the SQNR and agreement figures are computed on
 REPORT_IMAGES = 4  # calibration images for the per-layer report
 

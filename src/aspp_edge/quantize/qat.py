@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..config import QATConfig
 from ..data import IGNORE_INDEX
 from ..distributed import init_distributed, sync_and_hash
-from ..evaluate.metrics import confusion_matrix, mean_iou
+from ..metrics import confusion_matrix, mean_iou
 from .ptq import export_dynamic_batch
 from .quantizers import BN_TRAINING_TARGETS, build_quantizer
 from .rewrites import integer_friendly

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AsppEdgeError
-from ..export.manifest import read_manifest
+from ..formats.manifest import read_manifest
 
 
 class RuntimeMissing(AsppEdgeError, ImportError):

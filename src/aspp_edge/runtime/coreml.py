@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.coreml import check_mlpackage
+from ..formats.files import check_mlpackage
 from .base import Runner, RuntimeMissing
 from .mil import NAME as REFERENCE
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AsppEdgeError
-from ..export.executorch import check_pte
+from ..formats.files import check_pte
 from .base import Runner, RuntimeMissing
 
 

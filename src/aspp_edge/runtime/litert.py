@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AsppEdgeError
-from ..export.tflite import check_tflite
+from ..formats.files import check_tflite
 from .base import Runner, RuntimeMissing
 
 

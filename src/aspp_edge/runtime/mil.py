@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AsppEdgeError
+from ..formats.files import load_mlpackage_spec
 
 NAME = "mil-reference"  # what reports write in evaluated_by for figures from this interpreter
 WEIGHTS_PREFIX = "@model_path/"
@@ -350,11 +351,9 @@ class MILProgram:
     def __init__(self, package: str | Path, *, fp16_values: bool = True) -> None:
         from coremltools.proto import FeatureTypes_pb2  # noqa: F401  (registers the image color spaces)
 
-        from ..export.coreml import load_spec
-
         self.fp16_values = fp16_values
         self.path = Path(package)
-        spec = load_spec(self.path)
+        spec = load_mlpackage_spec(self.path)
         if spec.WhichOneof("Type") != "mlProgram":
             raise MILError(f"{self.path.name} holds a {spec.WhichOneof('Type')!r} model, not an ML Program (MIL)")
         functions = spec.mlProgram.functions

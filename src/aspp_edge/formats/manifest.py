@@ -11,12 +11,14 @@ import importlib.metadata
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
-from ..config import Recipe
 from ..errors import AsppEdgeError
+
+if TYPE_CHECKING:  # formats sit below the recipe: export and runtime both read manifests
+    from ..config import Recipe
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 SCHEMA_VERSION = 1

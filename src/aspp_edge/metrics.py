@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from ..data.transforms import IGNORE_INDEX
+IGNORE_INDEX = 255  # mask value that the loss and the metrics skip (VOC's "void")
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

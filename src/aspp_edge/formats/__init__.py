@@ -1,0 +1,26 @@
+"""Artifact formats, the bottom that export (which writes artifacts) and runtime (which runs them)
+share: the backend registry, file checks, and `<artifact>.manifest.json` (read, validate, write)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import AsppEdgeError
+from .backends import BACKENDS, SUFFIXES, Backend, artifact_name, backend_for, get_backend
+from .files import artifact_sha256, artifact_size
+from .manifest import manifest_path, read_manifest
+
+__all__ = ["BACKENDS", "SUFFIXES", "Backend", "artifact_name", "artifact_sha256", "artifact_size", "backend_for",
+           "check_artifact", "get_backend", "manifest_path", "read_manifest"]
+
+
+def check_artifact(path: str | Path) -> Path:
+    """Raise one clear error unless `path` is an artifact we can run: known type, present, in its
+    format, its manifest beside it."""
+    path = Path(path)
+    backend = backend_for(path)
+    if not path.exists():
+        raise AsppEdgeError(f"artifact {str(path)!r} not found")
+    backend.check(path)
+    read_manifest(path)
+    return path
