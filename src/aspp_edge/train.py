@@ -110,6 +110,9 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = int(state["epoch"]), list(state["history"])
+    # NHWC for the convolutions: MobileNets' depthwise convs run about twice as fast this way on
+    # CPU (measured on the default recipe); the saved weights go back to the standard layout.
+    model.to(memory_format=torch.channels_last)
     net = nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
     # Different augmentation on each rank, reproducible per (seed, rank, epoch).
     started = time.perf_counter()
@@ -124,7 +127,8 @@ def train(
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and ctx.main), leave=False)
         loss_sum, steps = 0.0, 0
         for images, masks in bar:
-            images, masks = images.to(dev, non_blocking=True), masks.to(dev, non_blocking=True)
+            images = images.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            masks = masks.to(dev, non_blocking=True)
             loss = criterion(net(images), masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -142,6 +146,7 @@ def train(
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             })
     seconds = time.perf_counter() - started
+    model.to(memory_format=torch.contiguous_format)
 
     rank_hashes = sync_and_hash(model, ctx)
     final = out / FINAL
