@@ -306,7 +306,7 @@ def test_manifest_schema_rejects_bad_manifests(artifacts, tmp_path):
 
 def test_bad_export_requests(sources, quick_recipe, tmp_path):
     source = sources[HEAD]
-    with pytest.raises(ConfigError, match="unknown backend 'onnx'; valid choices: coreml, executorch, tflite"):
+    with pytest.raises(ConfigError, match="unknown backend 'onnx'; valid choices: coreml, executorch, executorch-coreml, executorch-vulkan, tflite"):
         export(source, "onnx", "fp32", tmp_path)
     with pytest.raises(ConfigError, match="unknown precision for executorch 'fp16'; valid choices: fp32, int8"):
         export(source, "executorch", "fp16", tmp_path)

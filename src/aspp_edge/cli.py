@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from .config import METHODS, OBSERVERS
 from .errors import AsppEdgeError
-from .formats import BACKENDS
+from .formats import BACKENDS, DEFAULT_BACKENDS
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -182,7 +182,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     s = run(load_recipe(args.recipe), args.out, heads=args.heads, models=_model_entries(args) or None, backends=args.backends,
             methods=args.methods, threads=args.threads,
-            runs=args.runs, peaks=not args.no_peaks, force=args.force, for_apps=args.for_apps)
+            runs=args.runs, peaks=not args.no_peaks, force=args.force, for_apps=args.for_apps, fp16=args.fp16)
     print(f"\nsummary: recipe {s.recipe}, float reference on {s.device}; {s.stages_run} stages ran, {s.stages_reused} reused, {s.seconds:.0f} s")
     for head, ref in s.references.items():
         print(f"  float {head}: mIoU {ref['miou']:.4f}, {ref['params'] / 1e6:.2f} M params, {ref['gmacs']:.3f} GMACs")
@@ -301,7 +301,8 @@ def _threads_option(p: argparse.ArgumentParser, what: str = "runtime threads") -
 
 
 def _backends_option(p: argparse.ArgumentParser, flag: str, default: str, *, all_: bool = True) -> None:
-    p.add_argument(flag, default=default, help=("'all' or " if all_ else "") + "comma-separated: " + ", ".join(BACKENDS))
+    names = ", ".join(b.name if b.default else f"{b.name} (opt-in)" for b in BACKENDS.values())
+    p.add_argument(flag, default=default, help=(f"'all' ({', '.join(DEFAULT_BACKENDS)}) or " if all_ else "") + "comma-separated: " + names)
 
 
     p.add_argument("--width-mult", type=float, default=1.0, help="backbone width multiplier for --stats")
@@ -331,7 +332,7 @@ def _backends_option(p: argparse.ArgumentParser, flag: str, default: str, *, all
     p = sub.add_parser("export", help="write .pte / .mlpackage / .tflite artifacts with manifests", formatter_class=fmt)
     p.add_argument("--checkpoint", default=None, help="float checkpoint (float.pt): fp32/fp16 artifacts")
     p.add_argument("--quantized", default=None, help="int8 program (NAME_int8.pt2 from `aspp-edge quantize`): int8 artifacts")
-    _backends_option(p, "--backend", ",".join(BACKENDS), all_=False)
+    _backends_option(p, "--backend", ",".join(DEFAULT_BACKENDS), all_=False)
     p.add_argument("--precision", default="fp32", help="; ".join(f"{b.name}: {', '.join(b.precisions)}" for b in BACKENDS.values())
                    + " (fp32 means each backend's float default: " + ", ".join(f"{b.name} {b.float_precision}" for b in BACKENDS.values()) + ")")
     p.add_argument("--exact-precision", action="store_true", help="coreml: keep fp32 instead of its fp16 default for --precision fp32")
@@ -383,6 +384,7 @@ def _backends_option(p: argparse.ArgumentParser, flag: str, default: str, *, all
     p.add_argument("--force", action="store_true", help="sweep into an out dir that holds a `run`")
     p.set_defaults(func=_cmd_sweep)
 
+    p.add_argument("--fp16", action="store_true", help="also an fp16 artifact where a backend offers it beside another float default (tflite, executorch-vulkan)")
     p = sub.add_parser("eval", help="accuracy of artifacts against their float reference on the val split", formatter_class=fmt)
     p.add_argument("artifacts", nargs="+", help=".pte, .tflite or .mlpackage files (with their manifests)")
     p.add_argument("--recipe", default=None, help="recipe whose val split to use (default: the one stored in the reference checkpoint)")

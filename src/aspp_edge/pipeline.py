@@ -29,7 +29,7 @@ import numpy as np
 from .config import METHODS, Recipe
 from .errors import ConfigError, choices_error
 from .fileio import atomic_path
-from .formats import BACKENDS, artifact_name, get_backend, manifest_path
+from .formats import BACKENDS, DEFAULT_BACKENDS, artifact_name, get_backend, manifest_path
 from .stages import Stage, StageBook
 
 ALL = "all"
@@ -68,13 +68,15 @@ class RunSummary:
     log: list[str] = field(default_factory=list)
 
 
-def parse_choices(value: str | list[str] | tuple[str, ...] | None, valid: tuple[str, ...], what: str, default: tuple[str, ...]) -> list[str]:
+def parse_choices(value: str | list[str] | tuple[str, ...] | None, valid: tuple[str, ...], what: str, default: tuple[str, ...],
+                  *, all_: tuple[str, ...] | None = None) -> list[str]:
+    """`value` (comma-separated or a list) checked against `valid`; None: `default`; 'all': `all_` (default `valid`)."""
     if value is None:
         return list(default)
     items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
     items = [v for v in items if v]
     if items == [ALL]:
-        return list(valid)
+        return list(all_ or valid)
     if not items:
         raise choices_error(what, "", (ALL, *valid))
     for v in items:
@@ -135,12 +137,15 @@ def run(
     force: bool = False,
     progress: bool = True,
     for_apps: str | Path | None = None,
+    fp16: bool = False,
 ) -> RunSummary:
     """Every stage for each model asked for (`heads`: built-in heads, 'all' for the ablation; `models`:
-    brought models), into one report. Neither given: the recipe's own model."""
+    brought models), into one report. Neither given: the recipe's own model. `fp16`: also an fp16
+    artifact from each backend that offers fp16 beside another float default (tflite, executorch-vulkan)."""
     started = time.perf_counter()
     entries = plan_models(recipe, heads, models)
-    backends = parse_choices(backends, tuple(BACKENDS), "backend", tuple(BACKENDS))
+    # 'all' and the default are the registry's default set; opt-in backends (executorch-coreml, -vulkan) are named
+    backends = parse_choices(backends, tuple(BACKENDS), "backend", DEFAULT_BACKENDS, all_=DEFAULT_BACKENDS)
     methods = parse_choices(methods, METHODS, "method", METHODS)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -156,7 +161,7 @@ def run(
     book.log(f"== run {_now()} recipe {recipe.name}: heads {','.join(k for k, _ in entries)}; "
              f"backends {','.join(backends)}; methods {','.join(methods)}")
     bodies = _Bodies(recipe=recipe, out=out, threads=threads, runs=runs, warmup=warmup, progress=progress)
-    book.run_plan(plan(entries, backends, methods, bodies, peaks=peaks))
+    book.run_plan(plan(entries, backends, methods, bodies, peaks=peaks, fp16=fp16))
 
     rows = [json.loads(p.read_text()) for p in bodies.results]
     references = {key: json.loads((out / key / "reference.json").read_text()) for key, _ in entries}
@@ -201,10 +206,11 @@ def _logger(out: Path, lines: list[str]):
     return log
 
 
-def plan(entries: list[tuple[str, Recipe]], backends: list[str], methods: list[str], bodies: _Bodies, *, peaks: bool) -> list[Stage]:
+def plan(entries: list[tuple[str, Recipe]], backends: list[str], methods: list[str], bodies: _Bodies, *, peaks: bool,
+         fp16: bool = False) -> list[Stage]:
     """The run's stages in order: per model float -> reference -> int8 programs -> (export, eval) per
     artifact; then the runtimes' peak throughput. Nothing is read or written here."""
-    stages = [stage for key, recipe in entries for stage in _model_stages(key, recipe, backends, methods, bodies)]
+    stages = [stage for key, recipe in entries for stage in _model_stages(key, recipe, backends, methods, bodies, fp16=fp16)]
     if peaks:
         from .evaluate.latency import PEAK_CHANNELS, PEAK_LAYERS, PEAK_SIZE
 
@@ -214,7 +220,8 @@ def plan(entries: list[tuple[str, Recipe]], backends: list[str], methods: list[s
     return stages
 
 
-def _model_stages(head: str, recipe: Recipe, backends: list[str], methods: list[str], bodies: _Bodies) -> list[Stage]:
+def _model_stages(head: str, recipe: Recipe, backends: list[str], methods: list[str], bodies: _Bodies, *,
+                  fp16: bool = False) -> list[Stage]:
     """Every stage of one model (`head`: its key, a built-in head or a brought model's slug)."""
     from .train import FINAL
 
@@ -243,8 +250,9 @@ def _model_stages(head: str, recipe: Recipe, backends: list[str], methods: list[
     eval_inputs = {"v": STAGE_VERSIONS["eval"], "data": conf["data"], "threads": bodies.threads, "runs": bodies.runs,
                    "warmup": bodies.warmup, "system": platform.system(), "device": device}
     for backend in backends:
-        precision = get_backend(backend).float_precision
-        jobs = [(artifact_name(name, backend, precision), precision, float_key, lambda: ("float", ckpt))]
+        b = get_backend(backend)
+        floats = [b.float_precision] + (["fp16"] if fp16 and "fp16" in b.precisions and b.float_precision != "fp16" else [])
+        jobs = [(artifact_name(name, backend, p), p, float_key, lambda: ("float", ckpt)) for p in floats]
         jobs += [(artifact_name(f"{name}_{m}", backend, "int8"), "int8", f"{head}/{m}", lambda m=m: ("int8", programs[m]))
                  for m in methods]
         for filename, prec, source_key, source in jobs:

@@ -37,7 +37,7 @@ from typing import Any
 from .errors import ConfigError, choices_error
 from .evaluate.report import OVERHEAD_GMACS, overhead_note
 from .fileio import write_text_atomic
-from .formats import BACKENDS, artifact_name, artifact_size, get_backend, manifest_path
+from .formats import BACKENDS, DEFAULT_BACKENDS, artifact_name, artifact_size, get_backend, manifest_path
 from .stages import Stage, StageBook
 
 ALL = "all"
@@ -103,8 +103,8 @@ class SweepConfig:
         self.parsed_models()  # every name checked now
         if not self.backends:
             raise choices_error("backend", "", (ALL, *BACKENDS))
-        if self.backends == (ALL,):
-            object.__setattr__(self, "backends", tuple(BACKENDS))
+        if self.backends == (ALL,):  # the registry's default set; opt-in backends are named
+            object.__setattr__(self, "backends", DEFAULT_BACKENDS)
         for b in self.backends:
             if b not in BACKENDS:
                 raise choices_error("backend", b, (ALL, *BACKENDS))

@@ -108,12 +108,14 @@ def from_quantized(path: str | Path, source: ExportSource | None = None) -> Expo
     return source
 
 
-def check_choice(backend: str, precision: str, *, layout: str | None = None, io_dtype: str = "float32") -> Backend:
-    """The backend, once `precision`, `layout` and `io_dtype` are known to be ones it writes."""
+def check_choice(backend: str, precision: str, *, layout: str | None = None, io_dtype: str = "float32",
+                 options: dict[str, str] | None = None) -> Backend:
+    """The backend, once `precision`, `layout`, `io_dtype` and writer `options` are known to be ones it writes."""
     b = get_backend(backend)
     b.check_precision(precision)
     if layout is not None and layout not in b.layouts:
         raise choices_error(f"layout for {backend}", layout, b.layouts)
+    b.check_options(options or {})
     if io_dtype not in b.io_dtypes(precision):
         raise choices_error(f"io dtype for {backend} {precision}", io_dtype, b.io_dtypes(precision))
     return b
@@ -144,11 +146,14 @@ def export(
     io_dtype: str = "float32",
 ) -> Path:
     """Write one artifact and its manifest; returns the artifact's path.
+    options: dict[str, str] | None = None,
 
     `layout`: NHWC (TFLite's default, what apps and MediaPipe feed) or NCHW; ExecuTorch artifacts
     are NCHW, Core ML takes an image. `io_dtype`: TFLite int8 only, float32 (default) or int8 I/O.
     """
-    b = check_choice(backend, precision, layout=layout, io_dtype=io_dtype)
+    b = check_choice(backend, precision, layout=layout, io_dtype=io_dtype, options=options)
+    `options`: the backend's writer options (`Backend.options`), e.g. executorch-coreml's
+    compute_units and minimum_deployment_target.
     layout = layout or b.layouts[0]
     module = _module_for(source, precision)
     out = Path(out_dir)
@@ -157,7 +162,7 @@ def export(
     with torch.no_grad(), contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(artifact))
         tmp_manifest = stack.enter_context(atomic_path(manifest_path(artifact)))
-        written = b.write(module, source, precision, tmp, layout=layout, io_dtype=io_dtype)
+        written = b.write(module, source, precision, tmp, layout=layout, io_dtype=io_dtype, **(options or {}))
         manifest = build_manifest(
             artifact, backend=backend, precision=precision, method=source.method_for(precision), recipe=source.recipe,
             model_config=source.model_config, input_spec=written.input_spec, output_spec=written.output_spec,

@@ -23,7 +23,8 @@ def _op_name(node: torch.fx.Node) -> str:
 
 def conv_macs(node: torch.fx.Node) -> int:
     """Multiply-accumulates of a convolution node (0 for anything else)."""
-    if node.op != "call_function" or "convolution" not in str(node.target):
+    target = str(node.target)
+    if node.op != "call_function" or not ("convolution" in target or "conv2d" in target):  # Core ML keeps aten.conv2d whole
         return 0
     out, weight = node.meta.get("val"), node.args[1].meta.get("val") if isinstance(node.args[1], torch.fx.Node) else None
     if out is None or weight is None:
@@ -40,8 +41,8 @@ def _graph_counts(gm: torch.fx.GraphModule) -> tuple[Counter, int]:
     return ops, macs
 
 
-def delegation(program: torch.export.ExportedProgram) -> dict[str, Any]:
-    """How much of a lowered edge program XNNPACK runs: nodes and conv MACs, delegated vs not."""
+def delegation(program: torch.export.ExportedProgram, delegate: str = "XnnpackBackend") -> dict[str, Any]:
+    """How much of a lowered edge program the delegate runs: nodes and conv MACs, delegated vs not."""
     gm = program.graph_module
     delegated_ops, delegated_macs, outside_ops, outside_macs, partitions = Counter(), 0, Counter(), 0, 0
     for node in gm.graph.nodes:
@@ -59,7 +60,7 @@ def delegation(program: torch.export.ExportedProgram) -> dict[str, Any]:
     n_in, n_out = sum(delegated_ops.values()), sum(outside_ops.values())
     total_macs = delegated_macs + outside_macs
     return {
-        "delegate": "XnnpackBackend",
+        "delegate": delegate,
         "partitions": partitions,
         "nodes_delegated": n_in,
         "nodes_total": n_in + n_out,
@@ -73,14 +74,21 @@ def delegation(program: torch.export.ExportedProgram) -> dict[str, Any]:
     }
 
 
-def to_pte(module: torch.nn.Module, example: torch.Tensor) -> tuple[bytes, dict[str, Any]]:
-    """Lower `module` (float, or int8 with weights folded) through XNNPACK; (.pte bytes, delegation)."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+def to_pte(module: torch.nn.Module, example: torch.Tensor, partitioner=None, delegate: str = "XnnpackBackend",
+           inspect_edge=None) -> tuple[bytes, dict[str, Any]]:
+    """Lower `module` (float, or int8 with weights folded) through a partitioner (default XNNPACK's);
+    (.pte bytes, delegation). `inspect_edge(edge_program) -> dict` adds its facts to the delegation."""
     from executorch.exir import to_edge_transform_and_lower
 
+    if partitioner is None:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        partitioner = XnnpackPartitioner()
     program = torch.export.export(module, (example,))
-    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-    info = delegation(edge.exported_program())
+    edge = to_edge_transform_and_lower(program, partitioner=[partitioner])
+    info = delegation(edge.exported_program(), delegate)
+    if inspect_edge is not None:
+        info.update(inspect_edge(edge.exported_program()))
     return edge.to_executorch().buffer, info
 
 

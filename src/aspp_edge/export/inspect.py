@@ -12,7 +12,7 @@ from ..formats.manifest import ManifestError, describe_model_section, manifest_p
 
 def inspect_artifact(path: str | Path) -> dict[str, Any]:
     """Read an artifact from disk (not from our own objects) and summarise it."""
-    from ..formats import artifact_size
+    from ..formats import artifact_size, get_backend
     from .coreml import mlpackage_summary
     from .executorch import pte_summary
     from .tflite import read_metadata, tflite_summary
@@ -34,6 +34,8 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
     try:
         manifest = read_manifest(path)
         info["manifest"] = {k: manifest[k] for k in ("backend", "precision", "method", "model", "input", "output", "labels", "backend_info", "sha256")}
+        # how this backend's artifacts are checked on the exporting machine (older manifests: from the registry)
+        info["manifest"]["checked_here"] = manifest.get("checked_here") or get_backend(manifest["backend"]).checked_here
         if "metrics" in manifest:
             info["manifest"]["metrics"] = manifest["metrics"]
     except ManifestError as exc:
@@ -48,6 +50,13 @@ def _hist(ops: dict[str, int]) -> str:
 
 def format_inspection(info: dict[str, Any]) -> str:
     f, m = info["file"], info.get("manifest")
+def _half(c: dict[str, Any]) -> str:
+    flagged = "; ".join(f"{r['layer']} ({r['type']}): {r['why']}" for r in c["flagged"][:5]) or "none"
+    more = f" (+{len(c['flagged']) - 5} more)" if len(c["flagged"]) > 5 else ""
+    return (f"float model in fp16 vs fp32: logits {c['logits_sqnr_db']} dB, argmax agreement {c['argmax_agreement']:.4f}; "
+            f"{len(c['flagged'])}/{c['layers_checked']} layers flagged: {flagged}{more}")
+
+
     lines = [f"{info['path']}  ({info['format']}, {info['size_bytes'] / 1e6:.3f} MB)"]
     if m:
         model = m["model"]
@@ -63,6 +72,7 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(f"  manifest  {info.get('manifest_error')}")
     if info["format"] == "pte":
         lines.append(f"  delegates {f['delegates']}")
+        lines.append(f"  checked here  {m['checked_here']}")
         lines.append(f"  non-delegated ops  {_hist(f['non_delegated_ops'])}")
         if m and "conv_mac_fraction" in m["backend_info"]:
             b = m["backend_info"]
@@ -72,10 +82,21 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(f"  ops       {_hist(f['ops'])}")
         lines.append(f"  Q/DQ at I/O   {len(f['qdq_at_io'])}: {'; '.join(f['qdq_at_io']) or '-'}")
         lines.append(f"  Q/DQ inside   {len(f['qdq_inside'])} (float islands): {'; '.join(f['qdq_inside']) or '-'}")
+            if "mil_ops" in b:  # Core ML delegate: its ML Program, as the MIL reference interpreter reads it
+                lines.append(f"  Core ML   {b['compute_units']}, {b['minimum_deployment_target']}, compute {b['compute_precision']}; "
+                             f"MIL ops {_hist(b['mil_ops'])}")
+            if "int8_conv_kernels" in b:  # Vulkan int8: convs fused into its int8 kernels vs float convs between Q/DQ
+                lines.append(f"  Vulkan    {b['int8_conv_kernels']} int8 conv kernels, {b['float_convs_in_int8_program']} float convs")
+            if "fp16_check" in b:
+                lines.append(f"  fp16 check  {_half(b['fp16_check'])}")
         xnn = f.get("xnnpack")
         if xnn:
             outside = _hist(xnn["ops_outside"]) if xnn["ops_outside"] else "none"
             lines.append(f"  XNNPACK   {xnn['partitions']} partition(s); ops outside: {outside}")
+        if f.get("fp16_weight_dequantize"):
+            lines.append(f"  fp16 weights (DEQUANTIZE)  {f['fp16_weight_dequantize']} float16 constants, dequantized at load on the CPU")
+        if m and "fp16_check" in m["backend_info"]:
+            lines.append(f"  fp16 check  {_half(m['backend_info']['fp16_check'])}")
             lines.extend(f"    {name}: {why}" for name, why in xnn["why"].items())
         md = f.get("metadata") or {}
         lines.append(f"  metadata  {json.dumps(md) if md else '(none)'}; associated files {f.get('associated_files')}")

@@ -56,9 +56,19 @@ def _static_quant_config():
     return quant_config.QuantConfig(pt2e_quantizer=quantizer)
 
 
+def _fp16_weights_config():
+    """litert-torch's fp16 weight recipe: ai-edge-quantizer casts every float32 weight buffer to
+    float16 and puts an explicit DEQUANTIZE (fp16 -> fp32) after it, the form LiteRT's GPU delegate
+    reads as fp16 weights and the CPU interpreter runs by dequantizing once at load."""
+    from litert_torch.generative.quantize import quant_recipes
+
+    return quant_recipes.full_fp16_recipe()
+
+
 def convert(module: torch.nn.Module, example: torch.Tensor, recipe: Recipe | None, *, int8: bool, layout: str = "NHWC",
-            scalar_input: bool = True) -> bytes:
-    """litert-torch conversion of `module` (float, or the int8 Q/DQ program with weights unfolded).
+            scalar_input: bool = True, fp16: bool = False) -> bytes:
+    """litert-torch conversion of `module` (float, or the int8 Q/DQ program with weights unfolded;
+    `fp16`: float weights stored as float16).
 
     `scalar_input`: the model takes MediaPipe's one-mean/one-std input and completes the
     normalization itself (see preprocess.py); False keeps the recipe's per-channel input (int8 I/O,
@@ -72,8 +82,20 @@ def convert(module: torch.nn.Module, example: torch.Tensor, recipe: Recipe | Non
     if layout == "NHWC":
         module = litert_torch.to_channel_last_io(module, args=[0], outputs=[0])
         example = example.permute(0, 2, 3, 1).contiguous()
-    edge = litert_torch.convert(module, (example,), quant_config=_static_quant_config() if int8 else None)
-    return bytes(edge.model_content())
+    quant = _static_quant_config() if int8 else _fp16_weights_config() if fp16 else None
+    edge = litert_torch.convert(module, (example,), quant_config=quant)
+    return inline_buffers(bytes(edge.model_content())) if fp16 else bytes(edge.model_content())
+
+
+def inline_buffers(buf: bytes) -> bytes:
+    """Move buffers stored after the flatbuffer (`offset`/`size`, as ai-edge-quantizer writes them)
+    into the flatbuffer itself, so the object-API rewrites below keep their data."""
+    model = parse(buf)
+    moved = False
+    for b in model.buffers:
+        if b.offset and b.offset > 1:
+            b.data, b.offset, b.size, moved = list(buf[b.offset:b.offset + b.size]), 0, 0, True
+    return _pack(model) if moved else buf
 
 
 def parse(buf: bytes):
@@ -260,12 +282,13 @@ def tflite_summary(path: str | Path) -> dict[str, Any]:
 
 
 def summarize(model) -> dict[str, Any]:
-    """Op histogram, I/O tensors, and the QUANTIZE/DEQUANTIZE ops split into I/O and inside (float islands)."""
+    """Op histogram, I/O tensors, the QUANTIZE/DEQUANTIZE ops split into I/O and inside (float
+    islands), and the DEQUANTIZE ops of fp16 weights (constant float16 -> float32), counted apart."""
     tfl, _, _ = _schemas()
     names = {v: k for k, v in vars(tfl.BuiltinOperator).items() if not k.startswith("_")}
     types = {v: k for k, v in vars(tfl.TensorType).items() if not k.startswith("_")}
     sg = model.subgraphs[0]
-    ops, io_qdq, inside = Counter(), [], []
+    ops, io_qdq, inside, fp16_weights = Counter(), [], [], 0
 
     def constant(i: int) -> bool:
         return i < 0 or bool(len(model.buffers[sg.tensors[i].buffer].data if model.buffers[sg.tensors[i].buffer].data is not None else []))
@@ -279,7 +302,9 @@ def summarize(model) -> dict[str, Any]:
         live = [int(i) for i in op.inputs if not constant(int(i))]
         if name not in ("QUANTIZE", "DEQUANTIZE") and live and all(i in input_side for i in live):
             input_side.update(int(o) for o in op.outputs)
-        if name in ("QUANTIZE", "DEQUANTIZE"):
+        if name == "DEQUANTIZE" and sg.tensors[op.inputs[0]].type == tfl.TensorType.FLOAT16 and constant(int(op.inputs[0])):
+            fp16_weights += 1
+        elif name in ("QUANTIZE", "DEQUANTIZE"):
             at_io = (name == "QUANTIZE" and op.inputs[0] in input_side) or (name == "DEQUANTIZE" and op.outputs[0] in sg.outputs)
             entry = f"{name} {sg.tensors[op.inputs[0]].name.decode()} -> {sg.tensors[op.outputs[0]].name.decode()}"
             (io_qdq if at_io else inside).append(entry)
@@ -296,6 +321,7 @@ def summarize(model) -> dict[str, Any]:
         "outputs": [tensor(i) for i in sg.outputs],
         "qdq_at_io": io_qdq,
         "qdq_inside": inside,
+        "fp16_weight_dequantize": fp16_weights,
     }
 
 
@@ -322,7 +348,7 @@ def write(module: torch.nn.Module, source, precision: str, tmp: Path, *, layout:
     `io_dtype` float32: MediaPipe's scalar normalization and QUANTIZE/DEQUANTIZE at the I/O of an int8 model."""
     recipe, int8, scalar_input = source.recipe, precision == "int8", io_dtype == "float32"
     data = convert(_litert_program(module) if int8 else module, source.example, recipe, int8=int8, layout=layout,
-                   scalar_input=scalar_input)
+                   scalar_input=scalar_input, fp16=precision == "fp16")
     if scalar_input:
         data = to_float_io(data)
     data = add_metadata(name_io(data), recipe, description=f"aspp-edge {source.model_label} {precision} ({recipe.name} recipe)")
@@ -330,6 +356,11 @@ def write(module: torch.nn.Module, source, precision: str, tmp: Path, *, layout:
     summary = summarize(parse(data))
     (inp,), (outp,) = summary["inputs"], summary["outputs"]
     info = {"ops": summary["ops"], "qdq_at_io": summary["qdq_at_io"], "qdq_inside": summary["qdq_inside"]}
+    if precision == "fp16":  # fp16 weights for LiteRT's GPU delegate; here the CPU interpreter checks the accuracy
+        from ..models.half import half_precision_check
+
+        info.update(weights="fp16 (DEQUANTIZE to fp32 at load on the CPU; read as fp16 by the GPU delegate)",
+                    fp16_weight_dequantize=summary["fp16_weight_dequantize"], fp16_check=half_precision_check(module, source.example))
     input_spec, output_spec = io_specs(source, layout, quant_in=_quant(inp), quant_out=_quant(outp), in_dtype=inp["dtype"],
                                        out_dtype=outp["dtype"], norm=scalar_normalization(recipe)[0] if scalar_input else None)
     return Written(info, input_spec, output_spec)

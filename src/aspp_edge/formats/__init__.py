@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import AsppEdgeError
-from .backends import BACKENDS, SUFFIXES, Backend, artifact_name, backend_for, get_backend
+from .backends import BACKENDS, DEFAULT_BACKENDS, SUFFIXES, Backend, artifact_name, backend_for, get_backend
 from .files import artifact_sha256, artifact_size
 from .manifest import manifest_path, read_manifest
 
-__all__ = ["BACKENDS", "SUFFIXES", "Backend", "artifact_name", "artifact_sha256", "artifact_size", "backend_for",
+__all__ = ["BACKENDS", "DEFAULT_BACKENDS", "SUFFIXES", "Backend", "artifact_name", "artifact_sha256", "artifact_size", "backend_for",
            "check_artifact", "get_backend", "manifest_path", "read_manifest"]
 
 

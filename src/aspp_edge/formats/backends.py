@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ class Backend:
     layouts: tuple[str, ...] = ("NCHW",)  # I/O layouts it can write; the first is the default
     int8_io_dtypes: tuple[str, ...] = ("float32",)  # I/O dtypes of an int8 artifact; float ones are float32
     device_binary: str | None = None  # the runtime's benchmark binary on an Android phone (bench-device)
+    checked_here: str = "runtime"  # how its artifacts are checked on this (Linux) machine: runtime | mil-reference | structure only
+    default: bool = True  # in `run`/`sweep`'s default set ('all'); opt-in backends are named with --backends
+    options: dict[str, tuple[str, ...]] = field(default_factory=dict)  # writer options (export --option KEY=VALUE) and their choices
 
     @property
     def suffix(self) -> str:
@@ -43,6 +46,13 @@ class Backend:
     def check_precision(self, precision: str) -> None:
         if precision not in self.precisions:
             raise choices_error(f"precision for {self.name}", precision, self.precisions)
+
+    def check_options(self, options: dict[str, str]) -> None:
+        for key, value in options.items():
+            if key not in self.options:
+                raise choices_error(f"option for {self.name}", key, self.options or ("(none)",))
+            if value not in self.options[key]:
+                raise choices_error(f"{key} for {self.name}", value, self.options[key])
 
     def write(self, *args: Any, **kwargs: Any):
         return _resolve(self.writer)(*args, **kwargs)
@@ -61,11 +71,23 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
             "aspp_edge.export.executorch:write", "aspp_edge.runtime.executorch:ExecuTorchRunner", device_binary="executor_runner"),
     Backend("coreml", "mlpackage", ("fp16", "fp32", "int8"), "fp16", check_mlpackage,
             "aspp_edge.export.coreml:write", "aspp_edge.runtime.coreml:CoreMLRunner"),
-    Backend("tflite", "tflite", ("fp32", "int8"), "fp32", check_tflite,
+    Backend("tflite", "tflite", ("fp32", "fp16", "int8"), "fp32", check_tflite,
             "aspp_edge.export.tflite:write", "aspp_edge.runtime.litert:LiteRTRunner",
             layouts=("NHWC", "NCHW"), int8_io_dtypes=("float32", "int8"), device_binary="benchmark_model"),
+    # The phone's accelerators through ExecuTorch (opt-in: each adds minutes of lowering to a run).
+    # Core ML: the delegate's ML Program is checked here in the MIL reference interpreter.
+    Backend("executorch-coreml", "pte", ("fp16", "int8"), "fp16", check_pte,
+            "aspp_edge.export.executorch_coreml:write", "aspp_edge.runtime.executorch_coreml:CoreMLDelegateRunner",
+            checked_here="mil-reference", default=False,
+            options={"compute_units": ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only"),
+                     "minimum_deployment_target": ("iOS16", "iOS17", "iOS18")}),
+    # Vulkan: needs a GPU with Vulkan; here only its structure (delegated fraction, ops left on the CPU).
+    Backend("executorch-vulkan", "pte", ("fp32", "fp16", "int8"), "fp32", check_pte,
+            "aspp_edge.export.executorch_vulkan:write", "aspp_edge.runtime.executorch_vulkan:VulkanRunner",
+            checked_here="structure only", default=False, device_binary="executor_runner"),
 )}
-SUFFIXES = tuple(b.suffix for b in BACKENDS.values())
+SUFFIXES = tuple(dict.fromkeys(b.suffix for b in BACKENDS.values()))
+DEFAULT_BACKENDS = tuple(b.name for b in BACKENDS.values() if b.default)  # what 'all' means for run and sweep
 
 
 def get_backend(name: str) -> Backend:
@@ -75,12 +97,27 @@ def get_backend(name: str) -> Backend:
 
 
 def backend_for(path: str | Path) -> Backend:
-    """The backend an artifact belongs to, by its extension."""
+    """The backend an artifact belongs to: by its extension, and where several backends share it
+    (.pte: executorch, executorch-coreml, executorch-vulkan) by the manifest beside it."""
     path = Path(path)
-    for backend in BACKENDS.values():
-        if path.suffix == backend.suffix:
-            return backend
-    raise choices_error("artifact type", path.suffix or path.name, SUFFIXES, cls=AsppEdgeError)
+    candidates = [b for b in BACKENDS.values() if path.suffix == b.suffix]
+    if not candidates:
+        raise choices_error("artifact type", path.suffix or path.name, SUFFIXES, cls=AsppEdgeError)
+    if len(candidates) == 1:
+        return candidates[0]
+    from .manifest import ManifestError, manifest_path, read_manifest
+
+    names = ", ".join(b.name for b in candidates)
+    try:
+        backend = read_manifest(path)["backend"]
+    except ManifestError as exc:
+        if not manifest_path(path).is_file() and not path.exists():
+            raise AsppEdgeError(f"artifact {str(path)!r} not found") from exc
+        raise AsppEdgeError(f"{str(path)!r}: a {path.suffix} file is written by one of {names}; its manifest says which, "
+                            f"and it cannot be read: {exc}") from exc
+    if backend not in {b.name for b in candidates}:
+        raise choices_error(f"backend of a {path.suffix} manifest", backend, [b.name for b in candidates], cls=AsppEdgeError)
+    return BACKENDS[backend]
 
 
 def artifact_name(name: str, backend: str, precision: str) -> str:

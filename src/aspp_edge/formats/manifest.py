@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 
 from ..errors import AsppEdgeError
+from .backends import get_backend
 
 if TYPE_CHECKING:  # formats sit below the recipe: export and runtime both read manifests
     from ..config import Recipe
@@ -80,6 +81,7 @@ def build_manifest(
         "backend": backend,
         "precision": precision,
         "method": method,
+        "checked_here": get_backend(backend).checked_here,  # how the exporting machine checks it (the registry's word)
         "size_bytes": size_bytes,
         "sha256": sha256,
         "model": {k: model_config[k] for k in MODEL_FIELDS if k in model_config},
