@@ -146,6 +146,38 @@ class _QuantSection:
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
         return _build(cls, data, cls.method + ".")
+
+    @property
+    def auto_float(self) -> bool:
+        """`keep_float: auto`: choose the float layers on val until `max_drop` holds."""
+        return self.keep_float == "auto"
+
+    @property
+    def float_layers(self) -> tuple[str, ...]:
+        """The layers named in `keep_float` (none for `auto` until they are chosen)."""
+        return () if self.auto_float else tuple(self.keep_float)
+
+    def _check_keep_float(self) -> None:
+        """Mixed precision: `keep_float` is a list of layer names (as the sensitivity report prints
+        them) or `auto` with `max_drop` (points of val mIoU) and an optional `max_float_layers`."""
+        p = self.method + "."
+        if isinstance(self.keep_float, str) and not self.auto_float:
+            raise ConfigError(f"{p}keep_float {self.keep_float!r} must be a list of layer names or 'auto'")
+        if not self.auto_float:
+            if any(not isinstance(n, str) or not n for n in self.keep_float):
+                raise ConfigError(f"{p}keep_float {list(self.keep_float)!r} must list layer names (non-empty strings)")
+            if len(set(self.keep_float)) != len(self.keep_float):
+                raise ConfigError(f"{p}keep_float {list(self.keep_float)!r} names a layer twice")
+            for key in ("max_drop", "max_float_layers"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"{p}{key} applies to {p}keep_float 'auto' only (keep_float is {list(self.keep_float)!r})")
+            return
+        if self.max_drop is None:
+            raise ConfigError(f"{p}keep_float 'auto' needs {p}max_drop: the largest val mIoU drop in points to reach, e.g. 0.1")
+        if not self.max_drop >= 0:
+            raise ConfigError(f"{p}max_drop {self.max_drop!r} must be >= 0 (points of val mIoU)")
+        if self.max_float_layers is not None and self.max_float_layers < 1:
+            raise ConfigError(f"{p}max_float_layers {self.max_float_layers!r} must be >= 1 (leave it unset for no limit)")
 MIN_CALIB_SIZE = 8  # fewer images than this cannot give stable activation ranges
 
 
@@ -162,8 +194,12 @@ class PTQConfig(_QuantSection):
     batch_size: int = 16
     percentile: float = 99.99
     seed: int = 0
+    keep_float: tuple[str, ...] | str = ()  # layers kept in float (mixed precision), or "auto"
+    max_drop: float | None = None  # keep_float auto: val mIoU drop target, points
+    max_float_layers: int | None = None  # keep_float auto: at most this many float layers
 
     def __post_init__(self) -> None:
+        self._check_keep_float()
         if self.observer not in OBSERVERS:
             raise choices_error("observer", self.observer, OBSERVERS)
         if self.calib_size < MIN_CALIB_SIZE:
@@ -201,8 +237,12 @@ class QATConfig(_QuantSection):
     calib_size: int = 64  # forward passes that initialise the fake-quant ranges before training
     distill: float = 0.0  # weight of the KL loss to the float model's logits (1 - distill stays on the labels)
     seed: int = 0
+    keep_float: tuple[str, ...] | str = ()  # layers kept in float (mixed precision), or "auto" (chosen on the PTQ program)
+    max_drop: float | None = None  # keep_float auto: val mIoU drop target, points
+    max_float_layers: int | None = None  # keep_float auto: at most this many float layers
 
     def __post_init__(self) -> None:
+        self._check_keep_float()
         if self.steps < 1:
             raise ConfigError(f"qat.steps {self.steps!r} must be >= 1")
         for key in ("freeze_bn_step", "freeze_observer_step"):
@@ -332,6 +372,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if isinstance(value, str) and str in inner:  # e.g. keep_float: a list, or "auto"
+            return value
         return _coerce(inner[0], value, key)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):

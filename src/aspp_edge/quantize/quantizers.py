@@ -23,6 +23,14 @@ sharing). Beyond the ReLU6 fusion, the one change is the annotation order: resiz
 nodes are annotated to share their producer's qparams *before* concats are annotated, so a
 concat fed by an upsample or by the image-pooling broadcast joins the same qparam group instead
 of adding a requantize.
+
+Mixed precision (`keep_float`): the quantizable *layers* are the weighted ops (convolutions and
+linears), named by the module path of the `nn.Module` that ran them in the float model
+(`backbone.features.3.conv.0.0`: `model.get_submodule(name)` finds it). A layer kept in float drops
+out of the annotation with its whole partition (the conv, its folded BN and the activation fused
+with it); ops without weights (add, concat, pool, resize, gates) stay int8 and quantize their
+inputs as usual, so a float layer is a float island with a dequantize before it and a quantize
+after it wherever an int8 op consumes its output.
 """
 
 from __future__ import annotations
@@ -69,6 +77,44 @@ SIGMOID_QSPEC = FixedQParamsQuantizationSpec(
 UNIT_QSPEC = FixedQParamsQuantizationSpec(
     dtype=torch.int8, scale=1.0 / 255.0, zero_point=-128, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine
 )
+
+
+WEIGHTED_TARGETS = CONV_TARGETS | {torch.ops.aten.linear.default}
+
+
+def layer_name(node: Node) -> str | None:
+    """The layer a weighted op belongs to: the module path of the innermost module that ran it
+    (torch.export's `nn_module_stack`), or the graph node's name where the stack is missing."""
+    if node.op != "call_function" or node.target not in WEIGHTED_TARGETS:
+        return None
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return node.name
+    path = list(stack.values())[-1][0]
+    return path.removeprefix("L['self'].")
+
+
+def quantizable_layers(model: GraphModule) -> dict[str, list[str]]:
+    """Layer name -> the graph nodes it names (one, unless the module runs more than once), in graph order."""
+    layers: dict[str, list[str]] = {}
+    for node in model.graph.nodes:
+        name = layer_name(node)
+        if name is not None:
+            layers.setdefault(name, []).append(node.name)
+    return layers
+
+
+def check_layer_names(model: GraphModule, names) -> set[str]:
+    """The graph nodes of the named layers; an unknown name is a ConfigError that lists the valid ones."""
+    from ..errors import choices_error
+
+    layers = quantizable_layers(model)
+    nodes: set[str] = set()
+    for name in names:
+        if name not in layers:
+            raise choices_error("layer for keep_float", name, layers)
+        nodes.update(layers[name])
+    return nodes
 
 
 def scheme_config(*, observer: str = "minmax", per_channel: bool = True, qat: bool = False, percentile: float = 99.99) -> QuantizationConfig:
@@ -180,7 +226,13 @@ class Int8SchemeQuantizer(XNNPACKQuantizer):
         return model
 
 
-def build_quantizer(*, observer: str = "minmax", per_channel: bool = True, qat: bool = False, percentile: float = 99.99) -> Int8SchemeQuantizer:
-    return Int8SchemeQuantizer().set_global(
+def build_quantizer(*, observer: str = "minmax", per_channel: bool = True, qat: bool = False, percentile: float = 99.99,
+                    float_nodes: set[str] | frozenset[str] = frozenset()) -> Int8SchemeQuantizer:
+    """The scheme's quantizer; `float_nodes` (graph node names, from `check_layer_names`) are left unannotated."""
+    quantizer = Int8SchemeQuantizer().set_global(
         scheme_config(observer=observer, per_channel=per_channel, qat=qat, percentile=percentile)
     )
+    if float_nodes:
+        skip = frozenset(float_nodes)
+        quantizer.set_filter_function(lambda node: node.name not in skip)
+    return quantizer
