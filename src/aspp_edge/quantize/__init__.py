@@ -29,7 +29,7 @@ from .qat import qat
 from .quantizers import build_quantizer
 from .rewrites import drop_saturated_clamps
 
-__all__ = ["PTQConfig", "QATConfig", "QuantizedModel", "build_quantizer", "load_quantized", "quantize"]
+__all__ = ["PTQConfig", "QATConfig", "QuantizedModel", "build_quantizer", "load_quantized", "quantize", "sensitivity_program"]
 
 @dataclass
 class QuantizedModel:
@@ -39,6 +39,9 @@ class QuantizedModel:
     config: PTQConfig | QATConfig
     example: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
+    float_layers: list[str] = field(default_factory=list)  # layers kept in float (mixed precision)
+    selection: dict[str, Any] | None = None  # keep_float auto: the greedy steps and whether max_drop held
+    sensitivity: Any = None  # keep_float auto: the SensitivityReport the choice was ranked by
 
     @property
     def method(self) -> str:
@@ -64,7 +67,8 @@ class QuantizedModel:
         program = export_dynamic_batch(converted, self.example)
         summary = {
             "method": self.method, "config": self.config.to_dict(), "input_shape": list(self.example.shape[1:]),
-            "qparams": activation_qparams(converted), **self.meta,
+            "qparams": activation_qparams(converted), "float_layers": list(self.float_layers),
+            **({"keep_float_auto": self.selection} if self.selection is not None else {}), **self.meta,
         }
         texts = {f"{name}_int8.json": summary, **{f"{name}_int8.{k}.json": v for k, v in (reports or {}).items()}}
         pt2 = out / f"{name}_int8.pt2"
@@ -102,18 +106,79 @@ def quantize(
     *,
     calibration: list[torch.Tensor],
     train_set: Dataset | None = None,
+    val_set: Dataset | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> QuantizedModel:
-    """Quantize a float model with the shared int8 scheme. PTQ needs `calibration`; QAT also `train_set`."""
+    """Quantize a float model with the shared int8 scheme. PTQ needs `calibration`; QAT also `train_set`.
+
+    Mixed precision: the layers named in `config.keep_float` stay float. With `keep_float: auto` the
+    layers are chosen on `val_set` (required then): isolated sensitivity on the PTQ program, then the
+    most sensitive layers are kept in float, one at a time, until the val mIoU drop is <= `max_drop`
+    (see `sensitivity.py`); the chosen program is measured again as built and, for PTQ, grown by the
+    next layer of the ranking while the drop is still above the target.
+    """
     if not calibration or sum(b.shape[0] for b in calibration) == 0:
         raise ConfigError("calibration set is empty")
-    if isinstance(config, PTQConfig):
-        prepared = ptq(model, config, calibration, progress=progress)
-    elif isinstance(config, QATConfig):
-        if train_set is None:
-            raise ConfigError("QAT needs train_set (the recipe's augmented train split)")
-        prepared = qat(model, config, train_set, calibration, device=device, progress=progress)
-    else:
+    if not isinstance(config, (PTQConfig, QATConfig)):
         raise ConfigError(f"config {type(config).__name__!r} is not a quantization config; valid choices: PTQConfig, QATConfig")
-    return QuantizedModel(prepared, config, calibration[0][:1].clone())
+    if isinstance(config, QATConfig) and train_set is None:
+        raise ConfigError("QAT needs train_set (the recipe's augmented train split)")
+    if config.auto_float and val_set is None:
+        raise ConfigError(f"{config.method}.keep_float 'auto' needs val_set: the layers are chosen on the val mIoU drop")
+    float_layers, selection, report = list(config.float_layers), None, None
+    if config.auto_float:
+        float_layers, selection, report = _choose_float_layers(model, config, calibration, val_set, progress=progress)
+    if isinstance(config, PTQConfig):
+        prepared = ptq(model, config, calibration, progress=progress, float_layers=float_layers)
+        if selection is not None:
+            prepared, float_layers = _meet_on_program(model, config, calibration, val_set, prepared, float_layers, selection, report,
+                                                      progress=progress)
+    else:
+        prepared = qat(model, config, train_set, calibration, device=device, progress=progress, float_layers=float_layers)
+    return QuantizedModel(prepared, config, calibration[0][:1].clone(), float_layers=float_layers, selection=selection,
+                          sensitivity=report)
+
+
+def sensitivity_program(model: torch.nn.Module, config: PTQConfig | QATConfig, calibration: list[torch.Tensor], *,
+                        progress: bool = False) -> GraphModule:
+    """The full-int8 PTQ program the sensitivity is measured on: the section's observer and weights, no float layers."""
+    import dataclasses
+
+    ptq_config = config if isinstance(config, PTQConfig) else PTQConfig(observer=config.observer, per_channel=config.per_channel)
+    ptq_config = dataclasses.replace(ptq_config, keep_float=(), max_drop=None, max_float_layers=None)
+    return ptq(model, ptq_config, calibration, progress=progress)
+
+
+def _choose_float_layers(model, config, calibration, val_set, *, progress: bool):
+    from ..train import evaluate_miou
+    from .sensitivity import SENSITIVITY_IMAGES, PrecisionPlanner, analyze, choose_float_layers, converted_for_analysis
+
+    prepared = sensitivity_program(model, config, calibration, progress=progress)
+    float_miou = evaluate_miou(model, val_set, torch.device("cpu"), 16)
+    images = torch.cat(calibration)[:SENSITIVITY_IMAGES]
+    report = analyze(model, prepared, images, val=val_set, float_miou=float_miou, progress=progress)
+    planner = PrecisionPlanner(converted_for_analysis(prepared))
+    choice = choose_float_layers(planner, report.names(), val_set, float_miou, max_drop=config.max_drop,
+                                 max_float_layers=config.max_float_layers, progress=progress)
+    selection = {**choice.to_dict(), "float_miou": float_miou, "ranked_by": "isolated sensitivity (sensitivity.json)"}
+    return choice.layers, selection, report
+
+
+def _meet_on_program(model, config, calibration, val_set, prepared, float_layers, selection, report, *, progress: bool):
+    """Measure the built mixed program on val; while its drop is above max_drop, keep the next ranked layer too."""
+    from ..train import evaluate_miou
+
+    ranking, cap = report.names(), config.max_float_layers or len(report.names())
+    float_miou = selection["float_miou"]
+    while True:
+        converted = QuantizedModel(prepared, config, calibration[0][:1]).convert()
+        drop = 100 * (float_miou - evaluate_miou(converted, val_set, torch.device("cpu"), 16))
+        selection["program_miou_drop"] = drop
+        selection["met"] = drop <= config.max_drop
+        if selection["met"] or len(float_layers) >= cap:
+            return prepared, float_layers
+        float_layers = [*float_layers, ranking[len(float_layers)]]
+        selection["layers"] = float_layers
+        selection["steps"].append({"float_layers": list(float_layers), "miou_drop": None, "added_after_program_check": True})
+        prepared = ptq(model, config, calibration, progress=progress, float_layers=float_layers)

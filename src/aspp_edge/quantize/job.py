@@ -37,6 +37,9 @@ class QuantizeResult:
     agreement: float
     seconds: float
     worst_layers: list[dict[str, Any]]
+    float_layers: list[str] = dataclasses.field(default_factory=list)  # layers kept in float (mixed precision)
+    keep_float_auto: dict[str, Any] | None = None  # keep_float auto: greedy steps, max_drop, whether it held
+    sensitivity: Any = None  # SensitivityReport, with --sensitivity or keep_float auto
 
 
 def method_config(recipe: Recipe, method: str, **overrides: Any):
@@ -46,6 +49,8 @@ def method_config(recipe: Recipe, method: str, **overrides: Any):
     base = recipe.ptq if method == "ptq" else recipe.qat
     fields = {f.name for f in dataclasses.fields(base)}
     changes = {k: v for k, v in overrides.items() if v is not None}
+    if changes.get("keep_float", "auto") != "auto":  # a list replaces the recipe's auto and its auto-only settings
+        changes = {"max_drop": None, "max_float_layers": None, **changes}
     for key in changes:
         if key not in fields:
             raise ConfigError(f"option {key!r} does not apply to method {method!r}; its options: {', '.join(sorted(fields))}")
@@ -61,21 +66,25 @@ def compare_logits(reference: torch.nn.Module, candidate: torch.nn.Module, image
 
 def quantize_checkpoint(
     recipe: Recipe, checkpoint: str | Path, method: str, out_dir: str | Path, *, name: str | None = None, progress: bool = True,
-    **overrides: Any,
+    sensitivity: bool = False, sensitivity_top: int = 5, **overrides: Any,
 ) -> QuantizeResult:
-    """Quantize a float checkpoint into `out_dir/<name>_int8.pt2` (name: `<recipe>_<method>` unless given)."""
+    """Quantize a float checkpoint into `out_dir/<name>_int8.pt2` (name: `<recipe>_<method>` unless given).
+
+    `sensitivity`: also measure each layer's isolated sensitivity (`sensitivity.analyze`; the val mIoU
+    drop for the `sensitivity_top` most sensitive) into `<name>_int8.sensitivity.json`. A mixed
+    program (`keep_float`) lists its float layers in `<name>_int8.json` (`float_layers`)."""
     started = time.perf_counter()
     config = method_config(recipe, method, **overrides)
     model, recipe, _ = load_model(checkpoint, recipe)
     calib_set, calib_split = calibration_dataset(recipe)
     calib = calibration_batches(calib_set, config.calib_size, config.batch_size, seed=config.seed, split=calib_split)
     ctx, device = init_distributed(None)  # under torchrun, QAT trains as DDP; rank 0 writes
+    val = build_dataset(recipe, "val")
     qmodel: QuantizedModel = quantize(
         model, config, calibration=calib, train_set=build_dataset(recipe, "train") if method == "qat" else None,
-        device=device, progress=progress,
+        val_set=val, device=device, progress=progress,
     )
     converted = qmodel.convert()
-    val = build_dataset(recipe, "val")
     float_miou = evaluate_miou(model, val, torch.device("cpu"), recipe.train.batch_size)
     int8_miou = evaluate_miou(converted, val, torch.device("cpu"), recipe.train.batch_size)
     images = torch.stack([val[i][0] for i in range(min(SQNR_IMAGES, len(val)))])
@@ -99,13 +108,27 @@ def quantize_checkpoint(
         "float_miou": float_miou, "int8_miou": int8_miou, "miou_drop_points": 100 * (float_miou - int8_miou),
         "sqnr_db": sqnr, "agreement": agreement, "evaluated_on": "int8 Q/DQ reference program (PyTorch, cpu)",
     }
+    report = qmodel.sensitivity
+    from .sensitivity import SENSITIVITY_IMAGES, TOP_CANDIDATES, analyze
+
+    if sensitivity and (report is None or sensitivity_top != TOP_CANDIDATES):  # keep_float auto measured one already
+        from . import sensitivity_program
+
+        full = qmodel.prepared if method == "ptq" and not qmodel.float_layers else sensitivity_program(model, config, calib)
+        report = analyze(model, full, torch.cat(calib)[:SENSITIVITY_IMAGES], val=val, float_miou=float_miou, top=sensitivity_top,
+                         batch_size=recipe.train.batch_size, progress=progress)
+    if qmodel.selection is not None:
+        qmodel.selection["program_miou_drop"] = 100 * (float_miou - int8_miou)  # the saved program, as evaluated above
+        qmodel.selection["met"] = qmodel.selection["program_miou_drop"] <= config.max_drop
     name = name or f"{recipe.name}_{method}"
     program = Path(out_dir) / f"{name}_int8.pt2"
+    reports = {"layers": layers, **({"sensitivity": report.to_dict()} if report is not None and (sensitivity or config.auto_float) else {})}
     if ctx.main:
-        qmodel.save(out_dir, name, reports={"layers": layers})
+        qmodel.save(out_dir, name, reports=reports)
     finish_distributed(ctx)
     return QuantizeResult(
         program=program, method=method, float_miou=float_miou, int8_miou=int8_miou,
         miou_drop_points=100 * (float_miou - int8_miou), sqnr_db=sqnr, agreement=agreement,
-        seconds=time.perf_counter() - started, worst_layers=layers[:5],
+        seconds=time.perf_counter() - started, worst_layers=layers[:5], float_layers=list(qmodel.float_layers),
+        keep_float_auto=qmodel.selection, sensitivity=report if (sensitivity or config.auto_float) else None,
     )
