@@ -28,7 +28,7 @@ from ..data import IGNORE_INDEX
 from ..distributed import init_distributed, sync_and_hash
 from ..metrics import confusion_matrix, mean_iou
 from .ptq import export_dynamic_batch
-from .quantizers import BN_TRAINING_TARGETS, build_quantizer
+from .quantizers import BN_TRAINING_TARGETS, build_quantizer, check_layer_names
 from .rewrites import integer_friendly
 
 BN_TRAINING_ARG = 5  # `training` is the sixth argument of every BN_TRAINING_TARGETS overload
@@ -65,8 +65,11 @@ def qat(
     *,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    float_layers: tuple[str, ...] | list[str] | None = None,
 ) -> GraphModule:
     """The QAT-trained prepared program of `model` (fake-quant modules in place, eval mode).
+
+    `float_layers` (default: the config's `keep_float` list) stay float and train as float layers.
 
     Under torchrun every rank trains on its own samples as DDP; at the end every rank holds rank
     0's buffers and the per-rank weight hashes are in `prepared.meta["rank_weight_sha256"]`.
@@ -77,7 +80,9 @@ def qat(
     model = copy.deepcopy(model).train()
     exported = export_dynamic_batch(model, batches[0]).module()
     integer_friendly(exported)
-    prepared = prepare_qat_pt2e(exported, build_quantizer(qat=True, observer=config.observer, per_channel=config.per_channel))
+    float_nodes = check_layer_names(exported, config.float_layers if float_layers is None else float_layers)
+    prepared = prepare_qat_pt2e(exported, build_quantizer(qat=True, observer=config.observer, per_channel=config.per_channel,
+                                                          float_nodes=float_nodes))
     prepared.to(device)
 
     # Initialise the fake-quant ranges on the calibration set with the BN statistics held.
