@@ -167,7 +167,7 @@ def export(
             artifact, backend=backend, precision=precision, method=source.method_for(precision), recipe=source.recipe,
             model_config=source.model_config, input_spec=written.input_spec, output_spec=written.output_spec,
             sha256=artifact_sha256(tmp), size_bytes=artifact_size(tmp), checkpoint_sha256=source.checkpoint_sha256,
-            quantized_program=source.quantized_program if precision == "int8" else None, backend_info=info,
+            quantized_program=source.quantized_program if precision == "int8" else None, backend_info=written.info,
         )
         tmp_manifest.write_text(json.dumps(manifest, indent=2))
         _fail_point("before-rename")
