@@ -121,10 +121,21 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
     from .quantize.job import quantize_checkpoint
 
     recipe = _recipe(args)
+    keep_float = None if args.keep_float is None else ("auto" if args.keep_float == "auto" else tuple(
+        n.strip() for n in args.keep_float.split(",") if n.strip()))
     r = quantize_checkpoint(
         recipe, _float_checkpoint(args, recipe), args.method, args.out, observer=args.observer, cle=args.cle,
-        calib_size=args.calib_size, per_channel=args.per_channel,
+        calib_size=args.calib_size, per_channel=args.per_channel, sensitivity=args.sensitivity, sensitivity_top=args.sensitivity_top,
+        keep_float=keep_float, max_drop=args.max_drop, max_float_layers=args.max_float_layers,
     )
+    if r.sensitivity is not None:
+        print("layer sensitivity (alone int8: only this layer quantized; alone float: only this layer float; most sensitive first):")
+        print(r.sensitivity.table())
+        print()
+    if r.float_layers or r.keep_float_auto is not None:
+        auto = r.keep_float_auto
+        how = (f"auto, max_drop {auto['max_drop']} points: {'met' if auto['met'] else 'NOT met'}" if auto else "keep_float list")
+        print(f"float layers ({how}): {', '.join(r.float_layers) or '(none needed)'}")
     print("worst layers (cumulative SQNR of each quantized tensor vs float):")
     for row in r.worst_layers:
         print(f"  {row['tensor']:<28} {row['sqnr_db']:7.2f} dB  range [{row['min']:.3g}, {row['max']:.3g}]  scale {row['scale']:.3g}")
@@ -285,17 +296,6 @@ def _model_options(p: argparse.ArgumentParser, *, several: bool = False) -> None
     p.add_argument("--weights", default=None, metavar="FILE", help="state dict for the --model (loaded with weights_only=True)")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="aspp-edge", description=__doc__, formatter_class=fmt)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("list", help="list heads, backbones and decoders; --stats counts params and MACs", formatter_class=fmt)
-    p.add_argument("--stats", action="store_true", help="build every head and count params and GMACs")
-    p.add_argument("--size", type=int, default=512, help="input side for --stats")
-    p.add_argument("--backbone", default="mobilenet_v2", help="backbone for --stats")
-    p.add_argument("--decoder", default="deeplabv3plus", help="decoder for --stats")
-    p.add_argument("--output-stride", type=int, default=16, help="output stride for --stats (8 or 16)")
 def _threads_option(p: argparse.ArgumentParser, what: str = "runtime threads") -> None:
     p.add_argument("--threads", type=int, default=None, help=f"{what} (default: all cores)")
 
@@ -305,10 +305,19 @@ def _backends_option(p: argparse.ArgumentParser, flag: str, default: str, *, all
     p.add_argument(flag, default=default, help=(f"'all' ({', '.join(DEFAULT_BACKENDS)}) or " if all_ else "") + "comma-separated: " + names)
 
 
+def _add_list(sub, fmt) -> None:
+    p = sub.add_parser("list", help="list heads, backbones and decoders; --stats counts params and MACs", formatter_class=fmt)
+    p.add_argument("--stats", action="store_true", help="build every head and count params and GMACs")
+    p.add_argument("--size", type=int, default=512, help="input side for --stats")
+    p.add_argument("--backbone", default="mobilenet_v2", help="backbone for --stats")
+    p.add_argument("--decoder", default="deeplabv3plus", help="decoder for --stats")
+    p.add_argument("--output-stride", type=int, default=16, help="output stride for --stats (8 or 16)")
     p.add_argument("--width-mult", type=float, default=1.0, help="backbone width multiplier for --stats")
     p.add_argument("--num-classes", type=int, default=21, help="classes for --stats")
     p.set_defaults(func=_cmd_list)
 
+
+def _add_train(sub, fmt) -> None:
     p = sub.add_parser("train", help="train the float model of a recipe", formatter_class=fmt)
     p.add_argument("--recipe", default="default", help="built-in recipe name (quick, default) or a YAML path")
     p.add_argument("--out", required=True, help="output directory (last.pt, float.pt)")
@@ -317,6 +326,8 @@ def _backends_option(p: argparse.ArgumentParser, flag: str, default: str, *, all
     _model_options(p)
     p.set_defaults(func=_cmd_train)
 
+
+def _add_quantize(sub, fmt) -> None:
     p = sub.add_parser("quantize", help="int8 program from a float checkpoint (PTQ or QAT)", formatter_class=fmt)
     p.add_argument("--recipe", default="default", help="built-in recipe name or a YAML path (its ptq:/qat: sections)")
     p.add_argument("--checkpoint", default=None, help="float checkpoint (float.pt); without it, --model is used as it is (saved as OUT/float.pt)")
@@ -325,10 +336,19 @@ def _backends_option(p: argparse.ArgumentParser, flag: str, default: str, *, all
     p.add_argument("--cle", default=None, action=argparse.BooleanOptionalAction, help="cross-layer equalization before PTQ (default: recipe)")
     p.add_argument("--per-channel", default=None, action=argparse.BooleanOptionalAction, help="per-channel weights (default: recipe)")
     p.add_argument("--calib-size", type=int, default=None, help="calibration images (default: recipe)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="measure each layer alone in int8 / alone in float (NAME_int8.sensitivity.json and a table)")
+    p.add_argument("--sensitivity-top", type=int, default=5, help="layers whose val mIoU drop the sensitivity report measures")
+    p.add_argument("--keep-float", default=None,
+                   help="mixed precision: comma-separated layer names (as the sensitivity table prints them) or 'auto' (default: recipe)")
+    p.add_argument("--max-drop", type=float, default=None, help="keep-float auto: val mIoU drop target in points (default: recipe)")
+    p.add_argument("--max-float-layers", type=int, default=None, help="keep-float auto: at most this many float layers (default: recipe)")
     p.add_argument("--out", required=True, help="output directory for <name>_int8.pt2 and its reports")
     _model_options(p)
     p.set_defaults(func=_cmd_quantize)
 
+
+def _add_export(sub, fmt) -> None:
     p = sub.add_parser("export", help="write .pte / .mlpackage / .tflite artifacts with manifests", formatter_class=fmt)
     p.add_argument("--checkpoint", default=None, help="float checkpoint (float.pt): fp32/fp16 artifacts")
     p.add_argument("--quantized", default=None, help="int8 program (NAME_int8.pt2 from `aspp-edge quantize`): int8 artifacts")
@@ -344,11 +364,15 @@ def _backends_option(p: argparse.ArgumentParser, flag: str, default: str, *, all
     _model_options(p)
     p.set_defaults(func=_cmd_export)
 
+
+def _add_inspect(sub, fmt) -> None:
     p = sub.add_parser("inspect", help="size, I/O, manifest and op histogram of artifacts", formatter_class=fmt)
     p.add_argument("artifacts", nargs="+", help=".pte, .tflite or .mlpackage files")
     p.add_argument("--json", action="store_true", help="print the full summary as JSON")
     p.set_defaults(func=_cmd_inspect)
 
+
+def _add_run(sub, fmt) -> None:
     p = sub.add_parser("run", help="the end-to-end pipeline: train, quantize, export, evaluate, report", formatter_class=fmt)
     p.add_argument("--recipe", default="default", help="built-in recipe name (quick, default) or a YAML path")
     p.add_argument("--out", default="runs/default", help="output directory (re-running with it skips finished stages)")
@@ -360,9 +384,12 @@ def _backends_option(p: argparse.ArgumentParser, flag: str, default: str, *, all
     p.add_argument("--no-peaks", action="store_true", help="skip the runtimes' 1x1-convolution throughput reference")
     p.add_argument("--force", action="store_true", help="run in an out dir that holds another recipe's run")
     p.add_argument("--for-apps", default=None, metavar="DIR", help="install the best int8 artifact per backend into the demo apps under DIR (mobile_demo)")
+    p.add_argument("--fp16", action="store_true", help="also an fp16 artifact where a backend offers it beside another float default (tflite, executorch-vulkan)")
     _model_options(p, several=True)
     p.set_defaults(func=_cmd_run)
 
+
+def _add_sweep(sub, fmt) -> None:
     p = sub.add_parser("sweep", help="deploy-size latency: every model x backend x fp32/int8, each timed in its own process", formatter_class=fmt)
     p.add_argument("--models", default="sep_aspp,aspp,lraspp@mobilenet_v3_large,torchvision:lraspp_mobilenet_v3_large",
                    help="comma-separated: HEAD (on --backbone), HEAD@BACKBONE, 'all' (every head), or a brought model "
@@ -384,7 +411,8 @@ def _backends_option(p: argparse.ArgumentParser, flag: str, default: str, *, all
     p.add_argument("--force", action="store_true", help="sweep into an out dir that holds a `run`")
     p.set_defaults(func=_cmd_sweep)
 
-    p.add_argument("--fp16", action="store_true", help="also an fp16 artifact where a backend offers it beside another float default (tflite, executorch-vulkan)")
+
+def _add_eval(sub, fmt) -> None:
     p = sub.add_parser("eval", help="accuracy of artifacts against their float reference on the val split", formatter_class=fmt)
     p.add_argument("artifacts", nargs="+", help=".pte, .tflite or .mlpackage files (with their manifests)")
     p.add_argument("--recipe", default=None, help="recipe whose val split to use (default: the one stored in the reference checkpoint)")
@@ -392,6 +420,8 @@ def _backends_option(p: argparse.ArgumentParser, flag: str, default: str, *, all
     _threads_option(p)
     p.set_defaults(func=_cmd_eval)
 
+
+def _add_bench(sub, fmt) -> None:
     p = sub.add_parser("bench", help="latency, load time and peak RSS of artifacts in their runtimes", formatter_class=fmt)
     p.add_argument("artifacts", nargs="+", help=".pte, .tflite or .mlpackage files (with their manifests)")
     _threads_option(p)
@@ -400,6 +430,8 @@ def _backends_option(p: argparse.ArgumentParser, flag: str, default: str, *, all
     p.add_argument("--profile", action="store_true", help=".pte: ExecuTorch's per-operator times (ETDump), by operator kind")
     p.set_defaults(func=_cmd_bench)
 
+
+def _add_bench_device(sub, fmt) -> None:
     p = sub.add_parser("bench-device", help="latency on an attached Android phone, in the runtimes' own benchmark binaries", formatter_class=fmt)
     p.add_argument("artifacts", nargs="+", help=".pte and .tflite files (with their manifests)")
     p.add_argument("--adb", action="store_true", help="run on an Android device over adb (required)")
@@ -413,6 +445,8 @@ def _backends_option(p: argparse.ArgumentParser, flag: str, default: str, *, all
     p.add_argument("--json", default=None, help="also write the rows (host report schema) to this JSON file")
     p.set_defaults(func=_cmd_bench_device)
 
+
+def _add_demo(sub, fmt) -> None:
     p = sub.add_parser("demo", help="segment one image with an artifact: colour overlay, legend, latency", formatter_class=fmt)
     p.add_argument("artifact", help=".pte, .tflite or .mlpackage file (with its manifest)")
     p.add_argument("--image", required=True, help="PNG or JPEG of any size (RGB, RGBA or greyscale)")
@@ -421,6 +455,23 @@ def _backends_option(p: argparse.ArgumentParser, flag: str, default: str, *, all
     p.add_argument("--runs", type=int, default=5, help="timed predictions (after one untimed)")
     _threads_option(p)
     p.set_defaults(func=_cmd_demo)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="aspp-edge", description=__doc__, formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_list(sub, fmt)
+    _add_train(sub, fmt)
+    _add_quantize(sub, fmt)
+    _add_export(sub, fmt)
+    _add_inspect(sub, fmt)
+    _add_run(sub, fmt)
+    _add_sweep(sub, fmt)
+    _add_eval(sub, fmt)
+    _add_bench(sub, fmt)
+    _add_bench_device(sub, fmt)
+    _add_demo(sub, fmt)
     return parser.parse_args(argv)
 
 

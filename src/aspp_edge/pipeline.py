@@ -163,14 +163,7 @@ def run(
     bodies = _Bodies(recipe=recipe, out=out, threads=threads, runs=runs, warmup=warmup, progress=progress)
     book.run_plan(plan(entries, backends, methods, bodies, peaks=peaks, fp16=fp16))
 
-    rows = [json.loads(p.read_text()) for p in bodies.results]
-    references = {key: json.loads((out / key / "reference.json").read_text()) for key, _ in entries}
-    cross_backend(rows, out)
-    peak_figures = json.loads((out / "peaks.json").read_text()) if peaks else None
-    if peak_figures:
-        for r in rows:
-            peak = peak_figures.get(f"{r['backend']} {r['precision']}")
-            r["peak_fraction"] = r["gmacs_per_s"] / peak["gmacs_per_s"] if peak and r["gmacs_per_s"] else None
+    rows, references, peak_figures = collect(out, [key for key, _ in entries], bodies.results, peaks=peaks)
     from .evaluate.report import write_report
     from .formats.manifest import tool_versions
 
@@ -190,6 +183,19 @@ def run(
         report={k: str(v) for k, v in paths.items()}, stages_run=len(book.ran), stages_reused=len(book.reused), seconds=seconds,
         log=lines,
     )
+
+
+def collect(out: Path, keys: list[str], results: list[Path], *, peaks: bool):
+    """(rows, references, peak figures) of a finished plan: the eval stages' rows with their
+    cross-backend agreement and fraction of the runtime's peak throughput added."""
+    rows = [json.loads(p.read_text()) for p in results]
+    references = {key: json.loads((out / key / "reference.json").read_text()) for key in keys}
+    cross_backend(rows, out)
+    peak_figures = json.loads((out / "peaks.json").read_text()) if peaks else None
+    for r in rows if peak_figures else []:
+        peak = peak_figures.get(f"{r['backend']} {r['precision']}")
+        r["peak_fraction"] = r["gmacs_per_s"] / peak["gmacs_per_s"] if peak and r["gmacs_per_s"] else None
+    return rows, references, peak_figures
 
 
 def _now() -> str:
@@ -431,6 +437,7 @@ def eval_artifacts(paths: list[str | Path], *, recipe: Recipe | None = None, ref
     from .checkpoint import load_model
     from .data import build_dataset
     from .evaluate.accuracy import evaluate, float_reference
+    from .evaluate.results import EvaluatedBy
 
     checked = [runtime.check_artifact(p) for p in paths]
     refs: dict[Path, Any] = {}
@@ -446,7 +453,7 @@ def eval_artifacts(paths: list[str | Path], *, recipe: Recipe | None = None, ref
         try:
             runner = runtime.load(path, threads=threads)
         except runtime.RuntimeMissing as exc:
-            row.update(evaluated_by=f"not run: {exc}")
+            row.update(evaluated_by=str(EvaluatedBy.not_run(exc)))
         else:
             row.update(evaluate(runner, val, ref, batch_size=ckpt_recipe.train.batch_size, progress=progress).to_dict())
         rows.append(row)
