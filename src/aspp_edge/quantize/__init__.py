@@ -159,9 +159,10 @@ def _choose_float_layers(model, config, calibration, val_set, *, progress: bool)
     images = torch.cat(calibration)[:SENSITIVITY_IMAGES]
     report = analyze(model, prepared, images, val=val_set, float_miou=float_miou, progress=progress)
     planner = PrecisionPlanner(converted_for_analysis(prepared))
-    choice = choose_float_layers(planner, report.names(), val_set, float_miou, max_drop=config.max_drop,
+    choice = choose_float_layers(planner, report.recovery_order(), val_set, float_miou, max_drop=config.max_drop,
                                  max_float_layers=config.max_float_layers, progress=progress)
-    selection = {**choice.to_dict(), "float_miou": float_miou, "ranked_by": "isolated sensitivity (sensitivity.json)"}
+    selection = {**choice.to_dict(), "float_miou": float_miou,
+                 "ranked_by": "what keeping each layer alone in float recovers (alone-float SQNR, sensitivity.json)"}
     return choice.layers, selection, report
 
 
@@ -169,7 +170,7 @@ def _meet_on_program(model, config, calibration, val_set, prepared, float_layers
     """Measure the built mixed program on val; while its drop is above max_drop, keep the next ranked layer too."""
     from ..train import evaluate_miou
 
-    ranking, cap = report.names(), config.max_float_layers or len(report.names())
+    ranking, cap = report.recovery_order(), config.max_float_layers or len(report.names())
     float_miou = selection["float_miou"]
     while True:
         converted = QuantizedModel(prepared, config, calibration[0][:1]).convert()

@@ -6,7 +6,8 @@ is measured *alone*, in two ways:
 
 - **alone int8**: only that layer in int8 (its input, weights and output quantized), everything
   else float. What quantizing it costs by itself: the ranking key (lowest SQNR first).
-- **alone float**: that layer in float, everything else int8. What keeping it in float recovers.
+- **alone float**: that layer in float, everything else int8. What keeping it in float recovers:
+  `keep_float: auto` tries layers in this order (highest alone-float SQNR first).
 
 Layers are the weighted ops (convolutions, linears) named by module path, as `quantizers.py`
 defines them. Both variants are taken from the one calibrated, converted Q/DQ program by switching
@@ -182,11 +183,19 @@ class SensitivityReport:
     notes: dict[str, str] = field(default_factory=dict)
 
     def names(self) -> list[str]:
+        """Layer names in the table's order: what quantizing each alone costs, most first."""
         return [row.layer for row in self.layers]
+
+    def recovery_order(self) -> list[str]:
+        """Layer names by what keeping each alone in float recovers, most first: the order `keep_float: auto`
+        tries them in (alone-float SQNR, highest first; ties by the isolated int8 cost)."""
+        rows = sorted(self.layers, key=lambda r: (-r.alone_float_sqnr_db, r.alone_int8_sqnr_db))
+        return [row.layer for row in rows]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ranking": "alone_int8_sqnr_db ascending (most sensitive first)",
+            "keep_float_auto_order": self.recovery_order(),
             "layers": [_finite(asdict(r)) for r in self.layers],
             "full_int8": _finite({"sqnr_db": self.full_int8_sqnr_db, "agreement": self.full_int8_agreement,
                                   "miou_drop": self.full_int8_miou_drop}),
