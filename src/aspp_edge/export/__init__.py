@@ -67,11 +67,11 @@ class ExportSource:
             self._model_config = describe_model(self.recipe, self.model)
         return self._model_config
 
-    @property
     def method_for(self, precision: str) -> str:
         """How an artifact of `precision` was quantized: the program's method for int8, else none."""
         return self.method if precision == "int8" else "none"
 
+    @property
     def model_label(self) -> str:
         from ..models import model_key
 
@@ -113,9 +113,9 @@ def check_choice(backend: str, precision: str, *, layout: str | None = None, io_
     """The backend, once `precision`, `layout`, `io_dtype` and writer `options` are known to be ones it writes."""
     b = get_backend(backend)
     b.check_precision(precision)
+    b.check_options(options or {})
     if layout is not None and layout not in b.layouts:
         raise choices_error(f"layout for {backend}", layout, b.layouts)
-    b.check_options(options or {})
     if io_dtype not in b.io_dtypes(precision):
         raise choices_error(f"io dtype for {backend} {precision}", io_dtype, b.io_dtypes(precision))
     return b
@@ -144,16 +144,16 @@ def export(
     *,
     layout: str | None = None,
     io_dtype: str = "float32",
+    options: dict[str, str] | None = None,
 ) -> Path:
     """Write one artifact and its manifest; returns the artifact's path.
-    options: dict[str, str] | None = None,
 
     `layout`: NHWC (TFLite's default, what apps and MediaPipe feed) or NCHW; ExecuTorch artifacts
     are NCHW, Core ML takes an image. `io_dtype`: TFLite int8 only, float32 (default) or int8 I/O.
-    """
-    b = check_choice(backend, precision, layout=layout, io_dtype=io_dtype, options=options)
     `options`: the backend's writer options (`Backend.options`), e.g. executorch-coreml's
     compute_units and minimum_deployment_target.
+    """
+    b = check_choice(backend, precision, layout=layout, io_dtype=io_dtype, options=options)
     layout = layout or b.layouts[0]
     module = _module_for(source, precision)
     out = Path(out_dir)

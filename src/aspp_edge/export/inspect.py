@@ -48,8 +48,6 @@ def _hist(ops: dict[str, int]) -> str:
     return ", ".join(f"{k} x{v}" for k, v in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))) or "(none)"
 
 
-def format_inspection(info: dict[str, Any]) -> str:
-    f, m = info["file"], info.get("manifest")
 def _half(c: dict[str, Any]) -> str:
     flagged = "; ".join(f"{r['layer']} ({r['type']}): {r['why']}" for r in c["flagged"][:5]) or "none"
     more = f" (+{len(c['flagged']) - 5} more)" if len(c["flagged"]) > 5 else ""
@@ -57,6 +55,8 @@ def _half(c: dict[str, Any]) -> str:
             f"{len(c['flagged'])}/{c['layers_checked']} layers flagged: {flagged}{more}")
 
 
+def format_inspection(info: dict[str, Any]) -> str:
+    f, m = info["file"], info.get("manifest")
     lines = [f"{info['path']}  ({info['format']}, {info['size_bytes'] / 1e6:.3f} MB)"]
     if m:
         model = m["model"]
@@ -68,20 +68,16 @@ def _half(c: dict[str, Any]) -> str:
         lines.append(f"  labels    {', '.join(m['labels'])}")
         if "metrics" in m:
             lines.append(f"  metrics   {json.dumps(m['metrics'])}")
+        lines.append(f"  checked here  {m['checked_here']}")
     else:
         lines.append(f"  manifest  {info.get('manifest_error')}")
     if info["format"] == "pte":
         lines.append(f"  delegates {f['delegates']}")
-        lines.append(f"  checked here  {m['checked_here']}")
         lines.append(f"  non-delegated ops  {_hist(f['non_delegated_ops'])}")
         if m and "conv_mac_fraction" in m["backend_info"]:
             b = m["backend_info"]
             macs = "conv MACs unknown (none counted)" if b["conv_mac_fraction"] is None else f"{100 * b['conv_mac_fraction']:.1f}% of conv MACs"
             lines.append(f"  delegated {b['nodes_delegated']}/{b['nodes_total']} nodes, {macs} (at export)")
-    elif info["format"] == "tflite":
-        lines.append(f"  ops       {_hist(f['ops'])}")
-        lines.append(f"  Q/DQ at I/O   {len(f['qdq_at_io'])}: {'; '.join(f['qdq_at_io']) or '-'}")
-        lines.append(f"  Q/DQ inside   {len(f['qdq_inside'])} (float islands): {'; '.join(f['qdq_inside']) or '-'}")
             if "mil_ops" in b:  # Core ML delegate: its ML Program, as the MIL reference interpreter reads it
                 lines.append(f"  Core ML   {b['compute_units']}, {b['minimum_deployment_target']}, compute {b['compute_precision']}; "
                              f"MIL ops {_hist(b['mil_ops'])}")
@@ -89,14 +85,18 @@ def _half(c: dict[str, Any]) -> str:
                 lines.append(f"  Vulkan    {b['int8_conv_kernels']} int8 conv kernels, {b['float_convs_in_int8_program']} float convs")
             if "fp16_check" in b:
                 lines.append(f"  fp16 check  {_half(b['fp16_check'])}")
-        xnn = f.get("xnnpack")
-        if xnn:
-            outside = _hist(xnn["ops_outside"]) if xnn["ops_outside"] else "none"
-            lines.append(f"  XNNPACK   {xnn['partitions']} partition(s); ops outside: {outside}")
+    elif info["format"] == "tflite":
+        lines.append(f"  ops       {_hist(f['ops'])}")
+        lines.append(f"  Q/DQ at I/O   {len(f['qdq_at_io'])}: {'; '.join(f['qdq_at_io']) or '-'}")
+        lines.append(f"  Q/DQ inside   {len(f['qdq_inside'])} (float islands): {'; '.join(f['qdq_inside']) or '-'}")
         if f.get("fp16_weight_dequantize"):
             lines.append(f"  fp16 weights (DEQUANTIZE)  {f['fp16_weight_dequantize']} float16 constants, dequantized at load on the CPU")
         if m and "fp16_check" in m["backend_info"]:
             lines.append(f"  fp16 check  {_half(m['backend_info']['fp16_check'])}")
+        xnn = f.get("xnnpack")
+        if xnn:
+            outside = _hist(xnn["ops_outside"]) if xnn["ops_outside"] else "none"
+            lines.append(f"  XNNPACK   {xnn['partitions']} partition(s); ops outside: {outside}")
             lines.extend(f"    {name}: {why}" for name, why in xnn["why"].items())
         md = f.get("metadata") or {}
         lines.append(f"  metadata  {json.dumps(md) if md else '(none)'}; associated files {f.get('associated_files')}")
