@@ -46,9 +46,10 @@ SE_HEADS = {"se_aspp", "sep_se_aspp", "lraspp"}
 # conversion by test_mil; every other head's Core ML conversion is checked in test_mil too. The
 # other heads' matrices are marked slow (`pytest -m slow`), to keep `make test` well under 10
 # minutes: one head's six exports cost about two minutes of CPU.
-# MobileNetV3 (`head@backbone`): its int8 scheme (hardswish, hardsigmoid gates, SE means and
-# multiplies) is checked in `make test` on LR-ASPP; the separable head on it with the slow matrix.
-CORE_HEADS = ("lraspp", "lraspp@mobilenet_v3_large")
+# MobileNetV3 (`head@backbone`): the trained matrix runs with `-m slow` (about ten CPU minutes on
+# 2 cores under load); `make test` exports an untrained MobileNetV3 LR-ASPP's int8 program to
+# ExecuTorch and LiteRT and checks delegation and agreement (tests/test_mobilenet_v3.py).
+CORE_HEADS = ("lraspp",)
 MNV3_HEADS = ("lraspp@mobilenet_v3_large", "sep_aspp@mobilenet_v3_large")
 HEAD = "lraspp"  # the trained head the single-artifact tests below use (its exports are shared with the matrix)
 
@@ -385,25 +386,30 @@ def test_executorch_runner_sizes_the_threadpool(artifacts, val_images):
 
 
 def _corrupt_dilation(package) -> int:
-    """Rewrite the first dilated conv of a package's program with dilation 1 (and the padding that
-    keeps its shape): a plausible conversion bug. Returns the dilation it replaced."""
+    """Rewrite every dilated conv of a package's program with dilation 1 (and the padding that keeps
+    its shape): a plausible conversion bug (a converter that drops the dilation attribute drops it
+    everywhere). One conv alone was not always enough: on a tiny model its branch can be nearly
+    unused, leaving the agreement above the floor (0.9968 in one run). Returns the largest dilation
+    it replaced."""
     import coremltools as ct
 
     spec = ct.utils.load_spec(str(package))
     block = spec.mlProgram.functions["main"].block_specializations[spec.mlProgram.functions["main"].opset]
     consts = {op.outputs[0].name: op for op in block.operations if op.type == "const"}
+    was = 1
     for op in block.operations:
         if op.type != "conv":
             continue
         dil = consts[op.inputs["dilations"].arguments[0].name].attributes["val"].immediateValue.tensor.ints.values
         if max(dil) > 1:
-            was = max(dil)
+            was = max(was, *dil)
             dil[:] = [1, 1]
             pad = consts[op.inputs["pad"].arguments[0].name].attributes["val"].immediateValue.tensor.ints.values
             pad[:] = [1, 1, 1, 1]
-            (package / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(spec.SerializeToString())
-            return was
-    raise AssertionError("no dilated conv in the program")
+    if was == 1:
+        raise AssertionError("no dilated conv in the program")
+    (package / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(spec.SerializeToString())
+    return was
 
 
 @pytest.mark.skipif(platform.system() == "Darwin", reason="checks the MIL reference interpreter (Core ML would run it on macOS)")

@@ -1,7 +1,8 @@
 """MobileNetV3's ops in the int8 scheme: the exact graph rewrites and the saturated-clamp removal.
 
 The trained MobileNetV3 export matrix (every runtime, agreement, Q/DQ, delegation) runs in
-tests/test_export.py with the `head@mobilenet_v3_large` keys."""
+tests/test_export.py with the `head@mobilenet_v3_large` keys (`-m slow`); here, in `make test`, an
+untrained one goes to ExecuTorch and LiteRT int8."""
 
 from __future__ import annotations
 
@@ -186,3 +187,35 @@ def test_litert_hardswish_gate_is_integer_and_close_to_the_program(block):
         ref, out = program(x), gated(x)
     sqnr = 10 * torch.log10(ref.pow(2).mean() / (ref - out).pow(2).mean())
     assert sqnr >= 30, f"{sqnr:.1f} dB"
+
+
+def test_mobilenet_v3_int8_is_one_xnnpack_graph_in_executorch_and_litert(quick_recipe, quick_calib, tmp_path):
+    """The MobileNetV3 LR-ASPP int8 program (untrained, seeded: the structure does not need training)
+    exported to .pte and .tflite: the .pte fully delegated to XNNPACK, the .tflite integer inside
+    (Q/DQ at the float I/O only) and one XNNPACK partition with nothing left to LiteRT's builtin
+    kernels, and both computing the program (logits SQNR >= 20 dB; trained models' argmax agreement
+    is checked by the slow matrix)."""
+    from aspp_edge import runtime
+    from aspp_edge.export import ExportSource, export
+    from aspp_edge.metrics import logits_sqnr_db
+    from aspp_edge.runtime.litert import xnnpack_delegation
+
+    torch.manual_seed(0)
+    recipe = quick_recipe.replace(model={"head": "lraspp", "backbone": "mobilenet_v3_large", "decoder": "lraspp",
+                                         "width_mult": 0.25, "head_channels": 16})
+    model = create_model("lraspp", **recipe.model_kwargs()).eval()
+    program = quantize(model, PTQConfig(observer="minmax"), calibration=quick_calib[:1]).convert(fold_quantize=False)
+    source = ExportSource(recipe, model=model, program=program, method="ptq", name="mnv3")
+    images = torch.cat(quick_calib)[:4]
+    with torch.no_grad():
+        want = program(images).numpy()
+    for backend in ("executorch", "tflite"):
+        path = export(source, backend, "int8", tmp_path)
+        got = runtime.load(path).predict(images.numpy())
+        assert logits_sqnr_db(got, want) >= 20.0, (backend, logits_sqnr_db(got, want))
+        info = runtime.load(path).manifest["backend_info"]
+        if backend == "executorch":
+            assert info["conv_mac_fraction"] == 1.0 and info["undelegated_ops"] == {}, info
+        else:
+            assert info["qdq_inside"] == [], info["qdq_inside"]
+            assert xnnpack_delegation(path) == {"partitions": 1, "ops_outside": {}, "why": {}}
