@@ -1,0 +1,154 @@
+"""Mixed precision vs full int8 vs float, per backend: the trade a `keep_float` list buys.
+
+From one trained float checkpoint: the isolated layer sensitivity of the recipe's PTQ program
+(`aspp-edge quantize --sensitivity`), a full int8 program and a mixed program (`keep_float: auto`
+with `--max-drop`), each exported to all three backends beside the float artifacts, then every
+artifact run in its runtime on the val split (Core ML: the MIL reference interpreter off macOS)
+against the float model, and timed in a fresh process (ExecuTorch and LiteRT; Core ML latency
+needs macOS). Only library functions are used: quantize_checkpoint, export, runtime.load,
+evaluate.accuracy.evaluate, evaluate.latency.measure.
+
+Prints the tables and writes OUT.json and OUT.md (command, machine, date, versions in both).
+
+    python benchmarks/mixed_precision.py --recipe quick --checkpoint runs/quick/sep_aspp/float/float.pt \\
+        --max-drop 0.1 --work /tmp/mixed --out benchmarks/results/mixed_precision_quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from aspp_edge import runtime
+from aspp_edge.checkpoint import load_model
+from aspp_edge.config import load_recipe
+from aspp_edge.data import build_dataset
+from aspp_edge.errors import AsppEdgeError
+from aspp_edge.evaluate.accuracy import evaluate, float_reference
+from aspp_edge.evaluate.latency import measure
+from aspp_edge.export import artifact_size, export, from_checkpoint, from_quantized
+from aspp_edge.fileio import write_text_atomic
+from aspp_edge.formats.manifest import read_manifest, tool_versions
+from aspp_edge.quantize.job import quantize_checkpoint
+
+FLOAT = {"executorch": "fp32", "tflite": "fp32", "coreml": "fp16"}
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="default")
+    p.add_argument("--checkpoint", required=True, help="the recipe's trained float.pt")
+    p.add_argument("--max-drop", type=float, default=0.1, help="keep_float auto: val mIoU drop target, points")
+    p.add_argument("--max-float-layers", type=int, default=None)
+    p.add_argument("--work", required=True, help="folder for the programs and artifacts")
+    p.add_argument("--out", required=True, help="OUT.json and OUT.md are written")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per artifact")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--top", type=int, default=10, help="sensitivity rows in the .md")
+    args = p.parse_args()
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    recipe = load_recipe(args.recipe)
+    work = Path(args.work)
+
+    t0 = time.perf_counter()
+    full = quantize_checkpoint(recipe, args.checkpoint, "ptq", work, name=f"{recipe.name}_ptq", sensitivity=True, sensitivity_top=5)
+    full_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mixed = quantize_checkpoint(recipe, args.checkpoint, "ptq", work, name=f"{recipe.name}_ptq_mixed", keep_float="auto",
+                                max_drop=args.max_drop, max_float_layers=args.max_float_layers)
+    mixed_s = time.perf_counter() - t0
+    print(full.sensitivity.table(args.top))
+    print(f"keep_float auto (max_drop {args.max_drop}): {mixed.float_layers} -> program drop {mixed.miou_drop_points:.3f} points")
+
+    model, recipe, _ = load_model(args.checkpoint, recipe)
+    val = build_dataset(recipe, "val")
+    reference = float_reference(model, val, device="cpu")
+    source = from_checkpoint(args.checkpoint, recipe)
+    programs = {"int8": from_quantized(full.program, from_checkpoint(args.checkpoint, recipe)),
+                "mixed": from_quantized(mixed.program, from_checkpoint(args.checkpoint, recipe))}
+    rows, logits = [], {}
+    for backend in ("executorch", "tflite", "coreml"):
+        variants = [("float", source, FLOAT[backend]), ("int8", programs["int8"], "int8"), ("mixed", programs["mixed"], "int8")]
+        for label, src, precision in variants:
+            out_dir = work / "artifacts" / label
+            path = export(src, backend, precision, out_dir)
+            runner = runtime.load(path)
+            acc = evaluate(runner, val, reference)
+            logits[backend, label] = acc.masks
+            try:
+                lat = measure(path, threads=args.threads, runs=args.runs).median_ms
+            except AsppEdgeError as exc:  # Core ML off macOS
+                lat, why = None, str(exc).split(":", 1)[0]
+            manifest = read_manifest(path)
+            rows.append({
+                "backend": backend, "program": label, "precision": precision, "artifact": path.name,
+                "float_layers": manifest.get("quantization", {}).get("float_layers"),
+                "miou": acc.miou, "miou_drop": acc.miou_drop, "agreement": acc.agreement, "sqnr_db": acc.sqnr_db,
+                "size_mb": artifact_size(path) / 1e6, "latency_ms": lat, "evaluated_by": acc.evaluated_by,
+                "backend_info": {k: manifest["backend_info"][k] for k in ("qdq_inside", "undelegated_ops", "conv_mac_fraction")
+                                 if k in manifest["backend_info"]},
+            })
+            print(f"{backend:<10} {label:<6} drop {acc.miou_drop:6.3f}  agreement {acc.agreement:.4f}  "
+                  f"{rows[-1]['size_mb']:.3f} MB  {lat if lat is None else f'{lat:.2f} ms'}")
+    cross = {}
+    for label in ("int8", "mixed"):
+        for a, b in (("executorch", "tflite"), ("executorch", "coreml"), ("tflite", "coreml")):
+            cross[f"{label}: {a} vs {b}"] = float((logits[a, label] == logits[b, label]).mean())
+    header = {
+        "command": command, "machine": machine(), "date": datetime.date.today().isoformat(), "versions": tool_versions(),
+        "recipe": recipe.name, "checkpoint": str(args.checkpoint), "float_miou": reference.miou, "val_images": len(val),
+        "max_drop": args.max_drop, "float_layers": mixed.float_layers, "keep_float_auto": mixed.keep_float_auto,
+        "seconds": {"quantize_full_with_sensitivity": full_s, "sensitivity": full.sensitivity.seconds,
+                    "quantize_mixed_auto": mixed_s},
+        "threads": args.threads, "runs": args.runs,
+    }
+    result = {**header, "sensitivity": full.sensitivity.to_dict(), "rows": rows, "cross_backend_agreement": cross}
+    write_text_atomic(f"{args.out}.json", json.dumps(result, indent=2))
+    write_text_atomic(f"{args.out}.md", render(result, full.sensitivity.table(args.top)))
+    print(render(result, full.sensitivity.table(args.top)))
+
+
+def render(r: dict, sensitivity_table: str) -> str:
+    lines = [f"# Mixed precision vs full int8 vs float ({r['recipe']} recipe)", "",
+             f"- command: `{r['command']}`", f"- machine: {r['machine']}; date {r['date']}; one run",
+             f"- versions: {', '.join(f'{k} {v}' for k, v in r['versions'].items())}",
+             f"- float val mIoU {r['float_miou']:.4f} on {r['val_images']} val images; latency: median of {r['runs']} runs, "
+             f"each artifact in a fresh process, {r['threads'] or 'default'} threads",
+             f"- sensitivity: {r['seconds']['sensitivity']:.0f} s; quantize + sensitivity {r['seconds']['quantize_full_with_sensitivity']:.0f} s; "
+             f"quantize with keep_float auto {r['seconds']['quantize_mixed_auto']:.0f} s", "",
+             "## Isolated sensitivity, top rows", "", "```", sensitivity_table, "```", "",
+             f"## keep_float auto, max_drop {r['max_drop']} points", "",
+             f"Layers kept in float: {', '.join(r['float_layers']) or '(none needed)'}; "
+             f"program drop {r['keep_float_auto']['program_miou_drop']:.3f} points (met: {r['keep_float_auto']['met']}).", "",
+             "| backend | program | precision | mIoU drop (pts) | agreement | SQNR dB | size MB | latency ms | cost vs int8 ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    int8_lat = {row["backend"]: row["latency_ms"] for row in r["rows"] if row["program"] == "int8"}
+    for row in r["rows"]:
+        lat = "-" if row["latency_ms"] is None else f"{row['latency_ms']:.2f}"
+        cost = "-"
+        if row["program"] == "mixed" and row["latency_ms"] is not None and int8_lat.get(row["backend"]) is not None:
+            cost = f"{row['latency_ms'] - int8_lat[row['backend']]:+.2f}"
+        lines.append(f"| {row['backend']} | {row['program']} | {row['precision']} | {row['miou_drop']:.3f} | {row['agreement']:.4f} | "
+                     f"{row['sqnr_db']:.1f} | {row['size_mb']:.3f} | {lat} | {cost} |")
+    lines += ["", "Cross-backend argmax agreement on val: " + "; ".join(f"{k} {v:.4f}" for k, v in r["cross_backend_agreement"].items()),
+              "", "Core ML latency is measured on macOS only (here the package runs in the MIL reference interpreter)."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
