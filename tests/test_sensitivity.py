@@ -108,7 +108,7 @@ def test_sensitivity_ranks_the_outlier_layer_first(report, outlier_model):
     assert table.splitlines()[1].split()[1] == SENSITIVE and "full int8" in table.splitlines()[-1]
 
 
-@pytest.mark.slow  # the whole analysis, 5 top-candidate val drops, the greedy steps and the built program: 843 s on a 2-core machine under ~10x load
+@pytest.mark.slow  # analysis, 5 top-candidate val drops, greedy, built program: 91 s (8 images) on a 2-core machine under ~10x load
 def test_keep_float_auto_meets_max_drop_where_full_int8_does_not(outlier_model, quick_calib, val, tmp_path, monkeypatch):
     from aspp_edge.quantize import sensitivity
 
