@@ -38,6 +38,8 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
         info["manifest"]["checked_here"] = manifest.get("checked_here") or get_backend(manifest["backend"]).checked_here
         if "metrics" in manifest:
             info["manifest"]["metrics"] = manifest["metrics"]
+        if "quantization" in manifest:
+            info["manifest"]["quantization"] = manifest["quantization"]
     except ManifestError as exc:
         info["manifest"] = None
         info["manifest_error"] = str(exc) if manifest_path(path).exists() else "no manifest beside the artifact"
@@ -66,6 +68,8 @@ def format_inspection(info: dict[str, Any]) -> str:
                      f"normalization by {i['normalization']['applied_by']}")
         lines.append(f"  output    {o['name']} {o['shape']} {o['layout']} {o['dtype']}, quantization {o['quantization']}")
         lines.append(f"  labels    {', '.join(m['labels'])}")
+        if "quantization" in m:
+            lines.append(f"  float layers  {', '.join(m['quantization']['float_layers']) or 'none (every layer int8)'}")
         if "metrics" in m:
             lines.append(f"  metrics   {json.dumps(m['metrics'])}")
         lines.append(f"  checked here  {m['checked_here']}")
