@@ -46,6 +46,7 @@ class ExportSource:
     quantized_program: str | None = None
     name: str = ""  # float artifacts: <name>_<backend>_<fp32|fp16>
     int8_name: str = ""  # int8 artifacts: <program stem>_<backend>_int8, e.g. default_qat_tflite_int8
+    float_layers: tuple[str, ...] = ()  # layers the int8 program keeps in float (its summary's float_layers)
     _model_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -105,6 +106,7 @@ def from_quantized(path: str | Path, source: ExportSource | None = None) -> Expo
     source.program, source.method, source.quantized_program = program, summary.get("method", "ptq"), path.name
     source.checkpoint_sha256 = source.checkpoint_sha256 or summary.get("source_checkpoint_sha256")
     source.int8_name = stem
+    source.float_layers = tuple(summary.get("float_layers", ()))
     return source
 
 
@@ -168,6 +170,7 @@ def export(
             model_config=source.model_config, input_spec=written.input_spec, output_spec=written.output_spec,
             sha256=artifact_sha256(tmp), size_bytes=artifact_size(tmp), checkpoint_sha256=source.checkpoint_sha256,
             quantized_program=source.quantized_program if precision == "int8" else None, backend_info=written.info,
+            float_layers=list(source.float_layers) if precision == "int8" else None,
         )
         tmp_manifest.write_text(json.dumps(manifest, indent=2))
         _fail_point("before-rename")

@@ -73,15 +73,17 @@ def build_manifest(
     checkpoint_sha256: str | None,
     quantized_program: str | None,
     backend_info: dict[str, Any],
+    float_layers: list[str] | None = None,
 ) -> dict[str, Any]:
+    """`float_layers`: int8 artifacts, the layers the program keeps in float (mixed precision; [] for full int8)."""
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "artifact": artifact.name,
         "format": artifact.suffix.lstrip("."),
         "backend": backend,
+        "checked_here": get_backend(backend).checked_here,  # how the exporting machine checks it (the registry's word)
         "precision": precision,
         "method": method,
-        "checked_here": get_backend(backend).checked_here,  # how the exporting machine checks it (the registry's word)
         "size_bytes": size_bytes,
         "sha256": sha256,
         "model": {k: model_config[k] for k in MODEL_FIELDS if k in model_config},
@@ -95,6 +97,8 @@ def build_manifest(
         "backend_info": backend_info,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if float_layers is not None:
+        manifest["quantization"] = {"float_layers": list(float_layers)}
     validate_manifest(manifest, artifact)
     return manifest
 
