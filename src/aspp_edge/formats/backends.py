@@ -105,16 +105,18 @@ def backend_for(path: str | Path) -> Backend:
         raise choices_error("artifact type", path.suffix or path.name, SUFFIXES, cls=AsppEdgeError)
     if len(candidates) == 1:
         return candidates[0]
-    from .manifest import ManifestError, manifest_path, read_manifest
+    from .manifest import manifest_path, read_manifest
 
     names = ", ".join(b.name for b in candidates)
-    try:
-        backend = read_manifest(path)["backend"]
-    except ManifestError as exc:
-        if not manifest_path(path).is_file() and not path.exists():
-            raise AsppEdgeError(f"artifact {str(path)!r} not found") from exc
+    if not path.exists():
+        raise AsppEdgeError(f"artifact {str(path)!r} not found")
+    for check in dict.fromkeys(b.check for b in candidates):  # the file's own format first: a foreign file says so
+        check(path)
+    if manifest_path(path).is_file():
+        backend = read_manifest(path)["backend"]  # a broken manifest: its own one-line ManifestError
+    else:
         raise AsppEdgeError(f"{str(path)!r}: a {path.suffix} file is written by one of {names}; its manifest says which, "
-                            f"and it cannot be read: {exc}") from exc
+                            f"and there is none beside it ({manifest_path(path).name}, written by `aspp-edge export`)")
     if backend not in {b.name for b in candidates}:
         raise choices_error(f"backend of a {path.suffix} manifest", backend, [b.name for b in candidates], cls=AsppEdgeError)
     return BACKENDS[backend]
