@@ -78,6 +78,20 @@ def quick_recipe():
 
 
 @pytest.fixture(scope="session")
+def val_images(quick_recipe):
+    """Four val images of the quick recipe on whole 0-255 pixel values, so the Core ML image input
+    (uint8 pixels) sees exactly what the tensor-input artifacts and PyTorch see."""
+    from aspp_edge.data import build_dataset
+
+    val = build_dataset(quick_recipe, "val")
+    images = torch.stack([val[i][0] for i in range(4)])
+    mean = torch.tensor(quick_recipe.data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(quick_recipe.data.std).view(1, 3, 1, 1)
+    pixels = ((images * std + mean) * 255).round().clamp(0, 255)
+    return (pixels / 255 - mean) / std
+
+
+@pytest.fixture(scope="session")
 def quick_trained(quick_run, quick_recipe):
     """The quick recipe trained once per session: the shared run's float stage (float.pt + last.pt),
     whose `train()` is the one `aspp-edge train` runs."""

@@ -17,7 +17,6 @@ from torch import nn
 
 from aspp_edge import runtime
 from aspp_edge.config import PTQConfig
-from aspp_edge.data import build_dataset
 from aspp_edge.errors import AsppEdgeError, ConfigError
 from aspp_edge.evaluate.results import EvaluatedBy, Evaluation
 from aspp_edge.export import ExportSource, export
@@ -62,16 +61,6 @@ def exported(source, out):
     return get
 
 
-@pytest.fixture(scope="module")
-def images(quick_recipe):
-    """Four val images on whole pixel values (the Core ML package's image input takes uint8 pixels)."""
-    val = build_dataset(quick_recipe, "val")
-    x = torch.stack([val[i][0] for i in range(4)])
-    mean = torch.tensor(quick_recipe.data.mean).view(1, 3, 1, 1)
-    std = torch.tensor(quick_recipe.data.std).view(1, 3, 1, 1)
-    return (((x * std + mean) * 255).round().clamp(0, 255) / 255 - mean) / std
-
-
 def _agree(a: np.ndarray, b: np.ndarray) -> float:
     return float((a.argmax(1) == b.argmax(1)).mean())
 
@@ -87,7 +76,7 @@ def _manifest(path, backend, precision, checked_here):
     return m
 
 
-def test_executorch_coreml_fp16_runs_in_the_mil_interpreter(source, exported, images):
+def test_executorch_coreml_fp16_runs_in_the_mil_interpreter(source, exported, val_images):
     path = exported("executorch-coreml", "fp16")
     assert path.name == "acc_executorch-coreml_fp16.pte"
     m = _manifest(path, "executorch-coreml", "fp16", "mil-reference")
@@ -98,22 +87,22 @@ def test_executorch_coreml_fp16_runs_in_the_mil_interpreter(source, exported, im
     runner = runtime.load(path)
     assert type(runner).__name__ == "CoreMLDelegateRunner" and runner.evaluated_by == "mil-reference"
     assert EvaluatedBy(runner.evaluated_by).kind is Evaluation.INTERPRETER  # accuracy rows, no latency
-    delegate = runner.predict(images)
-    package = runtime.load(exported("coreml", "fp16")).predict(images)
+    delegate = runner.predict(val_images)
+    package = runtime.load(exported("coreml", "fp16")).predict(val_images)
     with torch.no_grad():
-        reference = source.model(images).numpy()
+        reference = source.model(val_images).numpy()
     assert _agree(delegate, package) >= DELEGATE_VS_PACKAGE, _agree(delegate, package)
     assert _agree(delegate, reference) >= FP16_VS_FLOAT, _agree(delegate, reference)
 
 
 @pytest.mark.slow
-def test_executorch_coreml_int8_agrees_with_the_w8a8_package(exported, images):
+def test_executorch_coreml_int8_agrees_with_the_w8a8_package(exported, val_images):
     path = exported("executorch-coreml", "int8", compute_units="cpu_and_ne")
     m = _manifest(path, "executorch-coreml", "int8", "mil-reference")
     assert (m["backend_info"]["compute_units"], m["backend_info"]["minimum_deployment_target"]) == ("cpu_and_ne", "iOS17")
     assert m["backend_info"]["mil_ops"]["constexpr_affine_dequantize"] > 0
-    delegate = runtime.load(path).predict(images)
-    package = runtime.load(exported("coreml", "int8")).predict(images)
+    delegate = runtime.load(path).predict(val_images)
+    package = runtime.load(exported("coreml", "int8")).predict(val_images)
     # Two W8A8 fp16 Core ML programs of one int8 program, fed differently: the .mlpackage takes uint8
     # pixels and normalizes inside (fp16), the delegate takes the normalized tensor (a likely cause of
     # the difference, not verified: activations near a rounding edge of the first int8 quantize can
@@ -123,13 +112,13 @@ def test_executorch_coreml_int8_agrees_with_the_w8a8_package(exported, images):
     assert _agree(delegate, package) >= INT8_CROSS_BACKEND, _agree(delegate, package)
 
 
-def test_tflite_fp16_weights_agree_with_fp32(exported, images):
+def test_tflite_fp16_weights_agree_with_fp32(exported, val_images):
     fp16, fp32 = exported("tflite", "fp16"), exported("tflite", "fp32")
     m = _manifest(fp16, "tflite", "fp16", "runtime")
     info = m["backend_info"]
     assert info["fp16_weight_dequantize"] > 0 and info["qdq_inside"] == [] and "fp16_check" in info
     assert fp16.stat().st_size < 0.7 * fp32.stat().st_size  # float16 weights: about half the bytes
-    a, b = runtime.load(fp16).predict(images), runtime.load(fp32).predict(images)
+    a, b = runtime.load(fp16).predict(val_images), runtime.load(fp32).predict(val_images)
     assert _agree(a, b) >= TFLITE_FP16_VS_FP32, _agree(a, b)
     assert "fp16 weights (DEQUANTIZE)" in format_inspection(inspect_artifact(fp16))
 

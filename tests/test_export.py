@@ -108,18 +108,6 @@ def artifacts(sources, tmp_path_factory):
     return Artifacts(sources, tmp_path_factory.mktemp("artifacts"))
 
 
-@pytest.fixture(scope="session")
-def val_images(quick_recipe):
-    """Four val images on whole 0-255 pixel values, so the Core ML image input (uint8 pixels) sees
-    exactly what the tensor-input artifacts and PyTorch see."""
-    val = build_dataset(quick_recipe, "val")
-    images = torch.stack([val[i][0] for i in range(4)])
-    mean = torch.tensor(quick_recipe.data.mean).view(1, 3, 1, 1)
-    std = torch.tensor(quick_recipe.data.std).view(1, 3, 1, 1)
-    pixels = ((images * std + mean) * 255).round().clamp(0, 255)
-    return (pixels / 255 - mean) / std
-
-
 def _check_manifest(path, backend, precision):
     manifest = read_manifest(path)
     assert manifest["sha256"] == artifact_sha256(path)

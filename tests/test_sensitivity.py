@@ -146,19 +146,19 @@ def mixed_artifacts(outlier_model, quick_calib, quick_recipe, tmp_path_factory):
     return q, {b: export(source, b, "int8", out) for b in ("executorch", "tflite", "coreml")}
 
 
-def test_mixed_program_in_all_three_artifacts(mixed_artifacts, val_images_pixels):
+def test_mixed_program_in_all_three_artifacts(mixed_artifacts, val_images):
     from aspp_edge.export.inspect import format_inspection, inspect_artifact
     from aspp_edge.formats.manifest import read_manifest
 
     q, paths = mixed_artifacts
     with torch.no_grad():
-        program = q.convert()(val_images_pixels).numpy()
+        program = q.convert()(val_images).numpy()
     outputs = {}
     for backend, path in paths.items():
         manifest = read_manifest(path)
         assert manifest["quantization"]["float_layers"] == [SENSITIVE], manifest.get("quantization")
         runner = runtime.load(path)
-        outputs[backend] = runner.predict(val_images_pixels)
+        outputs[backend] = runner.predict(val_images)
         assert outputs[backend].shape == program.shape
     # .tflite: the float island shows as QUANTIZE/DEQUANTIZE inside the graph, and inspect reports both
     info = read_manifest(paths["tflite"])["backend_info"]
@@ -177,16 +177,6 @@ def test_mixed_program_in_all_three_artifacts(mixed_artifacts, val_images_pixels
         assert (argmax["coreml"] == argmax[backend]).mean() >= COREML_AGREEMENT, backend
     if platform.system() != "Darwin":
         assert runtime.load(paths["coreml"]).evaluated_by == "mil-reference"
-
-
-@pytest.fixture(scope="module")
-def val_images_pixels(quick_recipe):
-    """Four val images on whole 0-255 pixel values (what the Core ML image input sees)."""
-    val = build_dataset(quick_recipe, "val")
-    images = torch.stack([val[i][0] for i in range(4)])
-    mean = torch.tensor(quick_recipe.data.mean).view(1, 3, 1, 1)
-    std = torch.tensor(quick_recipe.data.std).view(1, 3, 1, 1)
-    return (((images * std + mean) * 255).round().clamp(0, 255) / 255 - mean) / std
 
 
 # --- bad input: one clear error, nothing written ---------------------------------------------------
