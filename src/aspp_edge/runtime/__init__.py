@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import AsppEdgeError
-from ..formats import SUFFIXES, backend_for, check_artifact
+from ..formats import SUFFIXES, check_artifact, existing_backend
 from .base import Runner, RuntimeMissing
 
 __all__ = ["SUFFIXES", "Runner", "RuntimeMissing", "check_artifact", "load"]
@@ -19,8 +18,4 @@ __all__ = ["SUFFIXES", "Runner", "RuntimeMissing", "check_artifact", "load"]
 
 def load(path: str | Path, *, threads: int | None = None) -> Runner:
     """The runner for an artifact, chosen by its extension; checks the file's format first."""
-    path = Path(path)
-    backend = backend_for(path)
-    if not path.exists():
-        raise AsppEdgeError(f"artifact {str(path)!r} not found")
-    return backend.runner_class()(path, threads=threads)
+    return existing_backend(path).runner_class()(Path(path), threads=threads)
