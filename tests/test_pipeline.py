@@ -176,7 +176,7 @@ def test_eval_and_bench_cli(quick_run, capsys):
     [
         (["run", "--recipe", "quick", "--heads", "aspp,nope"], "head 'nope'.*valid choices: all, aspp"),
         (["run", "--recipe", "quick", "--backends", "onnx"], "backend 'onnx'.*executorch"),
-        (["run", "--recipe", "quick", "--methods", "gptq"], "method 'gptq'.*ptq, qat"),
+        (["run", "--recipe", "quick", "--methods", "gptq"], "method 'gptq'.*mixed, ptq, qat"),
         (["eval", "README.md"], "artifact type '.md'"),
         (["bench", "missing.pte"], "not found"),
     ],

@@ -231,3 +231,36 @@ def test_cli_bad_input_writes_nothing(head_models, tmp_path, capsys):
         err = capsys.readouterr().err
         assert expected in err, err
         assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+def test_run_reports_mixed_rows_beside_full_int8(quick_run, tmp_path):
+    """`aspp-edge run --methods ptq,mixed` on a copy of the shared quick run (its stages reused): the
+    mixed program (the recipe's keep_float list) is quantized, exported and measured beside full-int8
+    PTQ, labelled `mixed`, its artifacts agree with each other across backends, and the verdict
+    states the trade against full int8 per backend."""
+    import shutil
+
+    from aspp_edge.config import load_recipe
+    from aspp_edge.formats.manifest import read_manifest
+    from aspp_edge.pipeline import run
+
+    out = tmp_path / "run"
+    shutil.copytree(quick_run, out)
+    recipe = load_recipe("quick").replace(ptq={"keep_float": [SENSITIVE]})
+    s = run(recipe, out, methods="ptq,mixed", backends="executorch,tflite", runs=3, peaks=False, progress=False)
+    ran = sorted(line.split("] ", 1)[1].split(":")[0] for line in s.log if line.endswith(" s") and ": ran in " in line)
+    names = [f"quick_sep_aspp_mixed_{b}" for b in ("executorch_int8.pte", "tflite_int8.tflite")]
+    assert ran == sorted(["sep_aspp/mixed"] + [f"sep_aspp/{k}/{n}" for k in ("export", "eval") for n in names])
+    mixed = [r for r in s.rows if r["method"] == "mixed"]
+    assert sorted(r["backend"] for r in mixed) == ["executorch", "tflite"]
+    for r in mixed:
+        assert r["float_layers"] == [SENSITIVE]
+        assert read_manifest(out / r["path"])["quantization"]["float_layers"] == [SENSITIVE]
+        assert min(r["agreement_with"].values()) >= INT8_AGREEMENT
+    full = [r for r in s.rows if r["method"] == "ptq" and r["precision"] == "int8"]
+    assert len(full) == 2 and all(read_manifest(out / r["path"])["quantization"]["float_layers"] == [] for r in full)
+    md = (out / "report.md").read_text()
+    assert "| tflite int8 mixed |" in md
+    verdict = md.split("## Verdict")[1]
+    assert f"mixed precision keeps 1 layer(s) in float ({SENSITIVE})" in verdict
+    assert "tflite mixed vs full-int8 PTQ: drop" in verdict and "median latency" in verdict

@@ -234,3 +234,62 @@ def test_sweep_every_backend(tmp_path):
         core = by["coreml", p]
         assert core["graph"]["mil_ops"] and (core["latency_ms"] is not None or core["latency_note"])
     assert "ExecuTorch/LiteRT int8" in (tmp_path / "sweep.md").read_text()
+
+
+# -- a run's deploy section: the same architecture timed at deploy size -----------------------------
+
+@pytest.mark.parametrize("deploy, words", [
+    ({"resolution": 100}, ["deploy.resolution 100", "output_stride 16"]),
+    ({"resolution": 16}, ["deploy.resolution 16", "minimum 32"]),
+    ({"width_mult": 0.0}, ["deploy.width_mult 0.0", "> 0"]),
+    ({"calib_size": 2}, ["deploy.calib_size 2", ">= 8"]),
+    ({"size": 512}, ["'deploy.size'", "resolution"]),
+])
+def test_deploy_section_refuses_bad_input(deploy, words):
+    with pytest.raises(ConfigError) as exc:
+        load_recipe("quick").replace(deploy=deploy)
+    message = str(exc.value)
+    assert "\n" not in message
+    for w in words:
+        assert w in message
+
+
+def test_default_recipe_times_its_architecture_at_512():
+    deploy = load_recipe("default").deploy
+    assert deploy is not None and deploy.resolution == 512 and load_recipe("quick").deploy is None
+
+
+def test_run_deploy_section_adds_architecture_latency_rows(quick_run, tmp_path):
+    """On a copy of the shared quick run (its stages reused), a deploy section at 96x96 adds the
+    architecture's TFLite fp32 and int8 rows; the report shows them apart and its verdict states
+    int8/fp32 from them, not from the 64x64 accuracy rows; a second run reuses every stage."""
+    import shutil
+
+    from aspp_edge.formats.manifest import read_manifest
+    from aspp_edge.pipeline import run
+
+    out = tmp_path / "run"
+    shutil.copytree(quick_run, out)
+    recipe = load_recipe("quick").replace(deploy={"resolution": 96, "runs": 1, "warmup": 0})
+    summary = run(recipe, out, methods="ptq", backends="tflite", runs=3, peaks=False, progress=False)
+    ran = json.loads((out / "stages.json").read_text())["stages"]
+    assert sorted(k for k in ran if k.startswith("deploy/")) == sorted(
+        f"deploy/{s}/sep_aspp{t}" for s, t in [("quant", ""), ("export", "/tflite/fp32"), ("export", "/tflite/int8"),
+                                                             ("time", "/tflite/fp32"), ("time", "/tflite/int8")])
+    doc = summary.deploy
+    assert doc is not None and [(r["backend"], r["precision"]) for r in doc["rows"]] == [("tflite", "fp32"), ("tflite", "int8")]
+    assert all(r["latency_ms"]["median"] > 0 for r in doc["rows"])
+    for r in doc["rows"]:
+        assert read_manifest(out / "deploy" / r["path"])["input"]["shape"] == [1, 3, 96, 96]
+    # conv MACs scale with the pixel count: (96/64)^2 = 2.25 times the accuracy rows' GMACs, within 2%
+    small = json.loads((out / "sep_aspp" / "reference.json").read_text())["gmacs"]
+    assert abs(doc["models"]["sep_aspp"]["gmacs"] / small - 2.25) < 0.05
+    report = json.loads((out / "report.json").read_text())
+    assert report["deploy"]["rows"][1]["latency_ms"] == doc["rows"][1]["latency_ms"]
+    md = (out / "report.md").read_text()
+    assert "## Architecture latency at deploy size (96x96, width 0.25, calibrated-only weights)" in md
+    verdict = md.split("## Verdict")[1]
+    assert "at 96x96 (architecture latency) `sep_aspp`: tflite int8 runs in" in verdict
+    assert "- sep_aspp: tflite int8 runs in" not in verdict
+    again = run(recipe, out, methods="ptq", backends="tflite", runs=3, peaks=False, progress=False)
+    assert again.stages_run == 0

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from collections.abc import Sequence
 
-from .config import METHODS, OBSERVERS
+from .config import METHODS, OBSERVERS, RUN_METHODS
 from .errors import AsppEdgeError
 from .formats import BACKENDS, DEFAULT_BACKENDS
 
@@ -198,6 +198,12 @@ def _cmd_run(args: argparse.Namespace) -> None:
     for head, ref in s.references.items():
         print(f"  float {head}: mIoU {ref['miou']:.4f}, {ref['params'] / 1e6:.2f} M params, {ref['gmacs']:.3f} GMACs")
     print("\n".join(table(s.rows, with_head=len(s.references) > 1)))
+    if s.deploy:
+        from .evaluate.latency_table import per_model_table
+
+        c = s.deploy["config"]
+        print(f"\narchitecture latency at {c['size']}x{c['size']}, width {c['width']} (calibrated-only weights):")
+        print("\n".join(per_model_table(s.deploy)))
     print(f"report: {s.report['report.md']}")
 
 
@@ -378,7 +384,9 @@ def _add_run(sub, fmt) -> None:
     p.add_argument("--out", default="runs/default", help="output directory (re-running with it skips finished stages)")
     p.add_argument("--heads", default=None, help="'all' (the ablation) or comma-separated heads (default: the recipe's model, or none when --model is given)")
     _backends_option(p, "--backends", "all")
-    p.add_argument("--methods", default="all", help="'all' or comma-separated: " + ", ".join(METHODS))
+    p.add_argument("--methods", default="all", help=f"'all' ({', '.join(METHODS)}) or comma-separated: {', '.join(RUN_METHODS)} "
+                   "(mixed: PTQ with the most sensitive layers kept in float, ptq.keep_float or auto at ptq.max_drop, "
+                   "default 0.1 points)")
     _threads_option(p, "runtime threads for evaluation and latency")
     p.add_argument("--runs", type=int, default=50, help="timed runs per artifact")
     p.add_argument("--no-peaks", action="store_true", help="skip the runtimes' 1x1-convolution throughput reference")

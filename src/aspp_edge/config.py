@@ -133,6 +133,10 @@ class TrainConfig:
 
 OBSERVERS = ("minmax", "ema", "percentile", "mse")  # PTQ activation observers (calibration/observers.py)
 METHODS = ("ptq", "qat")  # how an int8 program is made: each is a recipe section
+# `aspp-edge run` also offers `mixed` (opt-in): PTQ with layers kept in float, beside full int8. Its
+# layers: the recipe's ptq.keep_float where it names some, else `auto` at ptq.max_drop (or this).
+RUN_METHODS = (*METHODS, "mixed")
+MIXED_MAX_DROP = 0.1  # points of val mIoU
 
 
 class _QuantSection:
@@ -280,6 +284,33 @@ class QATConfig(_QuantSection):
 
 
 @dataclass(frozen=True)
+class DeployConfig:
+    """`deploy:` in a recipe: `aspp-edge run` also times the run's architecture at a phone's input size.
+
+    The same model (head, backbone, decoder, output stride, classes; `width_mult` unset: the
+    recipe's) at `resolution`, with seeded random weights and the shared int8 scheme calibrated on
+    `calib_size` images (latency does not depend on trained values): exported for the run's backends
+    and each artifact timed in its own process, `runs` times after `warmup`. The report labels these
+    rows as architecture latency, apart from the accuracy rows."""
+
+    resolution: int = 512
+    width_mult: float | None = None  # None: the recipe's model.width_mult
+    calib_size: int = 8
+    runs: int = 20
+    warmup: int = 3
+
+    def __post_init__(self) -> None:
+        if self.resolution < 1:
+            raise ConfigError(f"deploy.resolution {self.resolution!r} must be >= 1")
+        if self.width_mult is not None and not self.width_mult > 0:
+            raise ConfigError(f"deploy.width_mult {self.width_mult!r} must be > 0 (or unset: the recipe's model.width_mult)")
+        if self.calib_size < MIN_CALIB_SIZE:
+            raise ConfigError(f"deploy.calib_size {self.calib_size!r} is too small; it must be >= {MIN_CALIB_SIZE}")
+        if self.runs < 1 or self.warmup < 0:
+            raise ConfigError(f"deploy.runs {self.runs!r} must be >= 1 and deploy.warmup {self.warmup!r} >= 0")
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -287,17 +318,20 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     ptq: PTQConfig = field(default_factory=PTQConfig)
     qat: QATConfig = field(default_factory=QATConfig)
+    deploy: DeployConfig | None = None  # set: `run` also times the architecture at deploy size
 
     def __post_init__(self) -> None:
         if self.model.source is not None:
             return  # a brought model: its own strides; build_brought checks it on the recipe's resolution
         os_ = self.model.output_stride
-        if self.data.resolution % os_:
-            raise ConfigError(
-                f"data.resolution {self.data.resolution} is not divisible by model.output_stride {os_}"
-            )
-        if self.data.resolution < 2 * os_:
-            raise ConfigError(f"data.resolution {self.data.resolution} is too small for output stride {os_}: minimum {2 * os_}")
+        for key, size in (("data.resolution", self.data.resolution),
+                          ("deploy.resolution", self.deploy.resolution if self.deploy else None)):
+            if size is None:
+                continue
+            if size % os_:
+                raise ConfigError(f"{key} {size} is not divisible by model.output_stride {os_}")
+            if size < 2 * os_:
+                raise ConfigError(f"{key} {size} is too small for output stride {os_}: minimum {2 * os_}")
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -11,7 +11,9 @@ measurement. A brought model's folder and row name is its spec's slug (torchvisi
 
 Layout: `OUT/<head>/float/float.pt`, `OUT/<head>/quant/<name>_<method>_int8.pt2`,
 `OUT/<head>/artifacts/<artifact>` (+ manifest), `OUT/<head>/eval/<artifact>.json` (+ .npz masks),
-and `OUT/report.{json,md}`, `OUT/pareto.png`, `OUT/samples.png`.
+and `OUT/report.{json,md}`, `OUT/pareto.png`, `OUT/samples.png`. With the recipe's `deploy:` section,
+`OUT/deploy/<head>/...` holds the architecture at deploy size (the sweep's layout: quant/, artifacts/,
+latency/), reported apart from the accuracy rows.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import METHODS, Recipe
+from .config import METHODS, RUN_METHODS, Recipe
 from .errors import ConfigError, choices_error
 from .fileio import atomic_path
 from .formats import BACKENDS, DEFAULT_BACKENDS, artifact_name, get_backend, manifest_path
@@ -66,6 +68,7 @@ class RunSummary:
     stages_reused: int
     seconds: float
     log: list[str] = field(default_factory=list)
+    deploy: dict[str, Any] | None = None  # the recipe's deploy section: architecture latency at deploy size
 
 
 def parse_choices(value: str | list[str] | tuple[str, ...] | None, valid: tuple[str, ...], what: str, default: tuple[str, ...],
@@ -146,7 +149,7 @@ def run(
     entries = plan_models(recipe, heads, models)
     # 'all' and the default are the registry's default set; opt-in backends (executorch-coreml, -vulkan) are named
     backends = parse_choices(backends, tuple(BACKENDS), "backend", DEFAULT_BACKENDS, all_=DEFAULT_BACKENDS)
-    methods = parse_choices(methods, METHODS, "method", METHODS)
+    methods = parse_choices(methods, RUN_METHODS, "method", METHODS, all_=METHODS)  # 'mixed' is named
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file, not a directory")
@@ -161,16 +164,22 @@ def run(
     book.log(f"== run {_now()} recipe {recipe.name}: heads {','.join(k for k, _ in entries)}; "
              f"backends {','.join(backends)}; methods {','.join(methods)}")
     bodies = _Bodies(recipe=recipe, out=out, threads=threads, runs=runs, warmup=warmup, progress=progress)
-    book.run_plan(plan(entries, backends, methods, bodies, peaks=peaks, fp16=fp16))
+    deploy_stages, deploy_collect = [], None
+    if recipe.deploy is not None:
+        from .sweep import deploy_plan
+
+        deploy_stages, deploy_collect = deploy_plan(entries, backends, out, threads=threads)
+    book.run_plan(plan(entries, backends, methods, bodies, peaks=peaks, fp16=fp16, deploy=deploy_stages))
 
     rows, references, peak_figures = collect(out, [key for key, _ in entries], bodies.results, peaks=peaks)
+    deploy = deploy_collect(peak_figures) if deploy_collect else None
     from .evaluate.report import write_report
     from .formats.manifest import tool_versions
 
     first = entries[0][0]
     seconds = time.perf_counter() - started
     paths = write_report(out, rows, recipe=recipe.to_dict(), references=references, tools=tool_versions(), peaks=peak_figures,
-                         samples=samples(out, recipe, first, rows), seconds=seconds)
+                         samples=samples(out, recipe, first, rows), seconds=seconds, deploy=deploy)
     if for_apps is not None:
         from .apps import install_for_apps
 
@@ -181,7 +190,7 @@ def run(
     return RunSummary(
         recipe=recipe.name, out=str(out), device=references[first]["device"], references=references, rows=rows,
         report={k: str(v) for k, v in paths.items()}, stages_run=len(book.ran), stages_reused=len(book.reused), seconds=seconds,
-        log=lines,
+        log=lines, deploy=deploy,
     )
 
 
@@ -213,10 +222,12 @@ def _logger(out: Path, lines: list[str]):
 
 
 def plan(entries: list[tuple[str, Recipe]], backends: list[str], methods: list[str], bodies: _Bodies, *, peaks: bool,
-         fp16: bool = False) -> list[Stage]:
+         fp16: bool = False, deploy: list[Stage] | None = None) -> list[Stage]:
     """The run's stages in order: per model float -> reference -> int8 programs -> (export, eval) per
-    artifact; then the runtimes' peak throughput. Nothing is read or written here."""
+    artifact; then the `deploy` stages (sweep.deploy_plan), then the runtimes' peak throughput.
+    Nothing is read or written here."""
     stages = [stage for key, recipe in entries for stage in _model_stages(key, recipe, backends, methods, bodies, fp16=fp16)]
+    stages += deploy or []
     if peaks:
         from .evaluate.latency import PEAK_CHANNELS, PEAK_LAYERS, PEAK_SIZE
 
@@ -249,9 +260,13 @@ def _model_stages(head: str, recipe: Recipe, backends: list[str], methods: list[
     for method in methods:
         program = hdir / "quant" / f"{name}_{method}_int8.pt2"
         programs[method] = program
-        stages.append(Stage(f"{head}/{method}", {"v": STAGE_VERSIONS["quantize"], "data": conf["data"], method: conf[method]},
+        base, overrides = mixed_settings(recipe) if method == "mixed" else (method, {})
+        section, inputs = conf[base], dict(overrides)
+        if method == "ptq" and "mixed" in methods and recipe.ptq.keep_float:  # the full-int8 program mixed is compared with
+            section, overrides = {**section, "keep_float": [], "max_drop": None, "max_float_layers": None}, {"keep_float": ()}
+        stages.append(Stage(f"{head}/{method}", {"v": STAGE_VERSIONS["quantize"], "data": conf["data"], method: section, **inputs},
                             [program, program.with_suffix(".json")],
-                            lambda m=method: bodies.quantize(recipe, ckpt, m, hdir / "quant", f"{name}_{m}"),
+                            lambda b=base, m=method, o=overrides: bodies.quantize(recipe, ckpt, b, hdir / "quant", f"{name}_{m}", **o),
                             upstream={"float": float_key}))
     eval_inputs = {"v": STAGE_VERSIONS["eval"], "data": conf["data"], "threads": bodies.threads, "runs": bodies.runs,
                    "warmup": bodies.warmup, "system": platform.system(), "device": device}
@@ -262,6 +277,7 @@ def _model_stages(head: str, recipe: Recipe, backends: list[str], methods: list[
         jobs += [(artifact_name(f"{name}_{m}", backend, "int8"), "int8", f"{head}/{m}", lambda m=m: ("int8", programs[m]))
                  for m in methods]
         for filename, prec, source_key, source in jobs:
+            method = source_key.rsplit("/", 1)[1] if prec == "int8" else None
             artifact, result = hdir / "artifacts" / filename, hdir / "eval" / f"{filename}.json"
             export_key = f"{head}/export/{filename}"
             bodies.results.append(result)
@@ -271,10 +287,23 @@ def _model_stages(head: str, recipe: Recipe, backends: list[str], methods: list[
                       lambda b=backend, p=prec, s=source: bodies.export(recipe, name, ckpt, *s(), b, p, hdir / "artifacts"),
                       upstream={"source": source_key}),
                 Stage(f"{head}/eval/{filename}", eval_inputs, [result, result.with_suffix(".npz")],
-                      lambda a=artifact, r=result: bodies.measure(head, recipe, a, r, ref_json),
+                      lambda a=artifact, r=result, m=method: bodies.measure(head, recipe, a, r, ref_json, method=m),
                       upstream={"artifact": export_key, "float": float_key}),
             ]
     return stages
+
+
+def mixed_settings(recipe: Recipe) -> tuple[str, dict[str, Any]]:
+    """The run's `mixed` method: (the quantize method, its overrides). PTQ keeping the recipe's
+    ptq.keep_float layers in float where it names some, else `auto` at ptq.max_drop (MIXED_MAX_DROP
+    points when unset) and ptq.max_float_layers."""
+    from .config import MIXED_MAX_DROP
+
+    ptq = recipe.ptq
+    if ptq.keep_float and ptq.keep_float != "auto":
+        return "ptq", {"keep_float": tuple(ptq.keep_float)}
+    return "ptq", {"keep_float": "auto", "max_drop": MIXED_MAX_DROP if ptq.max_drop is None else ptq.max_drop,
+                   "max_float_layers": ptq.max_float_layers}
 
 
 @dataclass
@@ -296,10 +325,10 @@ class _Bodies:
 
         train(recipe, out, resume=resume and (out / "last.pt").exists(), progress=self.progress)
 
-    def quantize(self, recipe: Recipe, ckpt: Path, method: str, out: Path, name: str) -> None:
+    def quantize(self, recipe: Recipe, ckpt: Path, method: str, out: Path, name: str, **overrides: Any) -> None:
         from .quantize.job import quantize_checkpoint
 
-        quantize_checkpoint(recipe, ckpt, method, out, name=name, progress=self.progress)
+        quantize_checkpoint(recipe, ckpt, method, out, name=name, progress=self.progress, **overrides)
 
     def export(self, recipe: Recipe, name: str, ckpt: Path, kind: str, path: Path, backend: str, precision: str, out: Path) -> None:
         from .export import export, from_checkpoint, from_quantized
@@ -337,7 +366,9 @@ class _Bodies:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(payload, indent=2))
 
-    def measure(self, head: str, recipe: Recipe, artifact: Path, result: Path, ref_json: Path) -> None:
+    def measure(self, head: str, recipe: Recipe, artifact: Path, result: Path, ref_json: Path, *, method: str | None = None) -> None:
+        """Measure one artifact into its row; `method` labels an int8 row by how the run made it (`mixed`:
+        a PTQ program with float layers, whose manifest says `ptq`)."""
         from .data import build_dataset
         from .evaluate.measure import measure_artifact
         from .formats.manifest import add_metrics
@@ -348,6 +379,11 @@ class _Bodies:
                                            val=build_dataset(recipe, "val"), batch_size=recipe.train.batch_size, threads=self.threads,
                                            runs=self.runs, warmup=self.warmup, progress=self.progress)
         row = measured.to_row()
+        if method == "mixed":
+            from .formats.manifest import read_manifest
+
+            row["method"] = method
+            row["float_layers"] = read_manifest(artifact)["quantization"]["float_layers"]
         _write_masks(result.with_suffix(".npz"), masks)
         with atomic_path(result) as tmp:
             tmp.write_text(json.dumps(row, indent=2))

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, choices_error
-from .evaluate.report import OVERHEAD_GMACS, overhead_note
+from .evaluate.latency_table import OVERHEAD_GMACS, per_model_table, rows_table, separable_table, verdicts
 from .fileio import write_text_atomic
 from .formats import BACKENDS, DEFAULT_BACKENDS, artifact_name, artifact_size, get_backend, manifest_path
 from .stages import Stage, StageBook
@@ -271,11 +271,56 @@ def sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True, fo
                        stages_reused=reused, seconds=seconds, summary=summary, log=lines)
 
 
+DEPLOY_BACKENDS = ("executorch", "tflite", "coreml")  # what a run's deploy section times (opt-in backends: not)
+DEPLOY_DIR = "deploy"
+
+
+def deploy_plan(entries: list[tuple[str, Any]], backends: list[str], out: Path, *, threads: int | None):
+    """A run's `deploy:` section: (stages, collect), where the stages build, calibrate, export and
+    time each entry's architecture at the deploy size into OUT/deploy/<key>/ (keys `deploy/...`),
+    and `collect(peaks)` returns the section's doc {"config", "models", "rows", "note"} once they ran.
+
+    `entries`: the run's (key, recipe) pairs, each recipe with its `deploy` set. The architecture is
+    the recipe's model (head, backbone, decoder, output stride, classes, head channels; a brought
+    model's spec and arguments, not its weights) at `deploy.resolution` and `deploy.width_mult`."""
+    deploy = entries[0][1].deploy
+    backends = [b for b in backends if b in DEPLOY_BACKENDS]
+    width = deploy.width_mult or entries[0][1].model.width_mult
+    models, recipes = [], {}
+    for key, recipe in entries:
+        if recipe.model.source:
+            models.append(SweepModel(key, key, source=recipe.model.source))
+            model = {"weights": None}
+        else:
+            models.append(SweepModel(key, key, head=recipe.model.head, backbone=recipe.model.backbone))
+            model = {"width_mult": float(width)}
+        recipes[key] = recipe.replace(
+            name=f"{recipe.name}_{DEPLOY_DIR}", model=model, data={"resolution": deploy.resolution}, deploy=None,
+            ptq={"calib_size": deploy.calib_size, "batch_size": min(4, deploy.calib_size), "keep_float": [], "max_drop": None,
+                 "max_float_layers": None})
+    first = entries[0][1]
+    config = SweepConfig(models=tuple(m.source or f"{m.head}@{m.backbone}" for m in models), backbone=first.model.backbone,
+                         size=deploy.resolution, width=float(width), classes=first.num_classes, output_stride=first.model.output_stride,
+                         backends=tuple(backends), threads=threads, runs=deploy.runs, warmup=deploy.warmup,
+                         head_channels=first.model.head_channels, calib_size=deploy.calib_size, recipe=first.name, peaks=False)
+    ctx = _Sweep(config, out / DEPLOY_DIR, prefix=f"{DEPLOY_DIR}/")
+    stages = [stage for m in models for stage in ctx.model_stages(m, recipes[m.key])]
+
+    def collect(peaks: dict[str, Any] | None) -> dict[str, Any]:
+        return {"config": {k: v for k, v in config.to_dict().items() if k not in ("models", "recipe", "peaks", "backbone")},
+                "models": ctx.models_info(models), "rows": ctx.rows(models, peaks),
+                "note": f"the run's models at {deploy.resolution}x{deploy.resolution}, width {width}, with seeded "
+                        f"random weights and the shared int8 scheme calibrated on {deploy.calib_size} images (latency does not depend "
+                        "on trained values); each artifact timed in its own process"}
+
+    return stages, collect
+
+
 class _Sweep:
     """The stages' bodies."""
 
-    def __init__(self, config: SweepConfig, out: Path) -> None:
-        self.config, self.out = config, out
+    def __init__(self, config: SweepConfig, out: Path, *, prefix: str = "") -> None:
+        self.config, self.out, self.prefix = config, out, prefix  # prefix: of every stage key (a run's "deploy/")
         self._float: dict[str, Any] = {}
 
     def float_model(self, m: SweepModel, recipe):
@@ -300,14 +345,14 @@ class _Sweep:
         program = mdir / "quant" / f"{name}_ptq_int8.pt2"
         model_json = mdir / "model.json"
         model_inputs = {"model": conf["model"], "data": conf["data"], "seed": SEED}
-        quant_key = f"quant/{m.key}"
+        quant_key = f"{self.prefix}quant/{m.key}"
         stages = [Stage(quant_key, {"v": STAGE_VERSIONS["quant"], **model_inputs, "ptq": conf["ptq"]},
                         [program, program.with_suffix(".json"), model_json], lambda: self.quantize(m, recipe, program, model_json))]
         for backend in cfg.backends:
             for precision in (get_backend(backend).float_precision, "int8"):
                 stem = f"{name}_ptq" if precision == "int8" else name
                 artifact = mdir / "artifacts" / artifact_name(stem, backend, precision)
-                export_key, key = f"export/{m.key}/{backend}/{precision}", f"time/{m.key}/{backend}/{precision}"
+                export_key, key = (f"{self.prefix}{stage}/{m.key}/{backend}/{precision}" for stage in ("export", "time"))
                 export_inputs = {"v": STAGE_VERSIONS["export"], "backend": backend, "precision": precision}
                 if precision != "int8":  # the float model is rebuilt from its seeded configuration
                     export_inputs["source"] = model_inputs
@@ -395,6 +440,23 @@ class _Sweep:
 
         write_text_atomic(path, json.dumps(runtime_peaks(self.out / "peak", threads=self.config.threads), indent=2))
 
+    def rows(self, models: list[SweepModel], peaks: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """The timed rows of `models`, in plan order, with their fraction of the runtime's peak (`peaks`: peaks.json)."""
+        rows = []
+        for m in models:
+            name = self.name(m)
+            for backend in self.config.backends:
+                for precision in (get_backend(backend).float_precision, "int8"):
+                    stem = f"{name}_ptq" if precision == "int8" else name
+                    row = json.loads((self.out / m.folder / "latency" / f"{artifact_name(stem, backend, precision)}.json").read_text())
+                    peak = (peaks or {}).get(f"{backend} {precision}")
+                    row["peak_fraction"] = row["gmacs_per_s"] / peak["gmacs_per_s"] if peak and row["gmacs_per_s"] else None
+                    rows.append(row)
+        return rows
+
+    def models_info(self, models: list[SweepModel]) -> dict[str, Any]:
+        return {m.key: json.loads((self.out / m.folder / "model.json").read_text()) for m in models}
+
     def write_report(self, models: list[SweepModel], paths: dict[str, Path], peaks_path: Path | None) -> None:
         from .evaluate.report import machine
         from .formats.manifest import tool_versions
@@ -402,23 +464,14 @@ class _Sweep:
 
         cfg = self.config
         peaks = json.loads(peaks_path.read_text()) if peaks_path else {}
-        rows = []
-        for m in models:
-            name = self.name(m)
-            for backend in cfg.backends:
-                for precision in (get_backend(backend).float_precision, "int8"):
-                    stem = f"{name}_ptq" if precision == "int8" else name
-                    row = json.loads((self.out / m.folder / "latency" / f"{artifact_name(stem, backend, precision)}.json").read_text())
-                    peak = peaks.get(f"{backend} {precision}")
-                    row["peak_fraction"] = row["gmacs_per_s"] / peak["gmacs_per_s"] if peak and row["gmacs_per_s"] else None
-                    rows.append(row)
+        rows = self.rows(models, peaks)
         doc = {
             "schema_version": SCHEMA_VERSION, "command": cfg.command(), "machine": machine(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "versions": tool_versions(),
             "config": cfg.to_dict(), "runtime_peaks": peaks,
             "note": "random weights (latency does not depend on trained values); int8: the shared PTQ scheme calibrated on "
                     f"{cfg.calib_size} synthetic images; each artifact timed in its own process; one sweep, figures reported, not asserted",
-            "models": {m.key: json.loads((self.out / m.folder / "model.json").read_text()) for m in models},
+            "models": self.models_info(models),
             "rows": rows,
         }
         validate(doc)
@@ -429,127 +482,6 @@ class _Sweep:
 
 
 # -- rendering -------------------------------------------------------------------------------------
-
-def _median(row: dict[str, Any] | None) -> float | None:
-    return (row.get("latency_ms") or {}).get("median") if row else None
-
-
-def _f(value: Any, spec: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def _index(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
-    return {(r["model"], r["backend"], r["precision"]): r for r in rows}
-
-
-def graph_text(row: dict[str, Any]) -> str:
-    g = row.get("graph") or {}
-    if row["backend"] == "executorch":
-        frac = g.get("node_fraction")
-        return f"{100 * frac:.0f}% of nodes in XNNPACK" if frac is not None else "-"
-    if row["backend"] == "tflite":
-        x = g.get("xnnpack") or {}
-        outside = ", ".join(f"{k} x{v}" for k, v in (x.get("ops_outside") or {}).items()) or "none"
-        return f"{g.get('qdq_inside', 0)} Q/DQ inside, {x.get('partitions', '-')} XNNPACK partition(s), outside: {outside}"
-    ops = g.get("mil_ops") or {}
-    return f"{sum(ops.values())} MIL ops ({len(ops)} kinds)"
-
-
-def per_model_table(doc: dict[str, Any]) -> list[str]:
-    rows, backends = doc["rows"], doc["config"]["backends"]
-    by = _index(rows)
-    timed = [b for b in ("executorch", "tflite") if b in backends]
-    head = ["model", "GMACs", "params (M)"]
-    for b in timed:
-        head += [f"{b} fp32 ms", f"{b} int8 ms", f"{b} int8/fp32"]
-    if len(timed) == 2:
-        head += ["ExecuTorch/LiteRT fp32", "ExecuTorch/LiteRT int8"]
-    if "coreml" in backends:
-        head += ["Core ML fp16 / int8 MB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, info in doc["models"].items():
-        cells = [f"`{key}`", f"{info['gmacs']:.3f}", f"{info['params'] / 1e6:.2f}"]
-        for b in timed:
-            f, q = _median(by.get((key, b, "fp32"))), _median(by.get((key, b, "int8")))
-            cells += [_f(f, ".2f"), _f(q, ".2f"), _f(_ratio(q, f), ".2f")]
-        if len(timed) == 2:
-            for p in ("fp32", "int8"):
-                cells.append(_f(_ratio(_median(by.get((key, "executorch", p))), _median(by.get((key, "tflite", p)))), ".2f"))
-        if "coreml" in backends:
-            f, q = by.get((key, "coreml", "fp16")), by.get((key, "coreml", "int8"))
-            cells.append(f"{_f(f and f['size_bytes'] / 1e6, '.2f')} / {_f(q and q['size_bytes'] / 1e6, '.2f')}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def rows_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| model | artifact | MB | median ms | p90 ms | min ms | load ms | peak RSS MB | GMAC/s | % of peak | graph | evaluated by |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lat = r.get("latency_ms") or {}
-        frac = r.get("peak_fraction")
-        lines.append(
-            f"| `{r['model']}` | {r['backend']} {r['precision']} | {r['size_bytes'] / 1e6:.2f} | {_f(lat.get('median'), '.2f')} "
-            f"| {_f(lat.get('p90'), '.2f')} | {_f(lat.get('min'), '.2f')} | {_f(r.get('load_ms'), '.0f')} | {_f(r.get('peak_rss_mb'), '.0f')} "
-            f"| {_f(r.get('gmacs_per_s'), '.1f')} | {_f(frac and 100 * frac, '.0f')} | {graph_text(r)} "
-            f"| {r['evaluated_by'] if r.get('latency_ms') else r.get('latency_note') or r['evaluated_by']} |"
-        )
-    return lines
-
-
-def separable_pairs(doc: dict[str, Any]) -> list[tuple[str, str]]:
-    """(sep_aspp@B, aspp@B) for every backbone B where both were swept."""
-    keys = set(doc["models"])
-    return [(f"sep_aspp@{b}", f"aspp@{b}") for b in sorted({r["backbone"] for r in doc["rows"] if r.get("backbone")})
-            if f"sep_aspp@{b}" in keys and f"aspp@{b}" in keys]
-
-
-def separable_table(doc: dict[str, Any]) -> list[str]:
-    by = _index(doc["rows"])
-    lines = []
-    for sep, std in separable_pairs(doc):
-        mac = doc["models"][std]["gmacs"] / doc["models"][sep]["gmacs"]
-        for b in doc["config"]["backends"]:
-            for p in (get_backend(b).float_precision, "int8"):
-                speed = _ratio(_median(by.get((std, b, p))), _median(by.get((sep, b, p))))
-                if speed is not None:
-                    lines.append(f"| {sep.split('@')[1]} | {b} {p} | {mac:.2f}x | {speed:.2f}x |")
-    return ["| backbone | artifact | MAC ratio aspp/sep_aspp | measured speedup (aspp ms / sep_aspp ms) |", "|---|---|---|---|"] + lines if lines else []
-
-
-def verdicts(doc: dict[str, Any]) -> list[str]:
-    """Sentences stated against the measured figures: int8/fp32 per runtime, ExecuTorch vs LiteRT,
-    separable vs standard. Rows of models under OVERHEAD_GMACS carry the overhead note."""
-    from .evaluate.report import INT8_MAX_LATENCY_RATIO
-
-    by, out = _index(doc["rows"]), []
-    for key, info in doc["models"].items():
-        note = overhead_note(info["gmacs"])
-        for b in ("executorch", "tflite"):
-            ratio = _ratio(_median(by.get((key, b, "int8"))), _median(by.get((key, b, "fp32"))))
-            if ratio is not None:
-                out.append(f"- `{key}`: {b} int8 runs in {ratio:.2f}x the fp32 latency "
-                           f"({'within' if ratio <= INT8_MAX_LATENCY_RATIO else 'above'} the {INT8_MAX_LATENCY_RATIO}x target){note}.")
-        for p in ("fp32", "int8"):
-            a, b_ = _median(by.get((key, "executorch", p))), _median(by.get((key, "tflite", p)))
-            if a is not None and b_:
-                faster = "ExecuTorch" if a < b_ else "LiteRT"
-                out.append(f"- `{key}`: {p} ExecuTorch {a:.2f} ms vs LiteRT {b_:.2f} ms median ({faster} {max(a, b_) / min(a, b_):.2f}x faster){note}.")
-    for sep, std in separable_pairs(doc):
-        mac = doc["models"][std]["gmacs"] / doc["models"][sep]["gmacs"]
-        for b in ("executorch", "tflite"):
-            for p in ("fp32", "int8"):
-                speed = _ratio(_median(by.get((std, b, p))), _median(by.get((sep, b, p))))
-                if speed is not None:
-                    out.append(f"- separable vs standard ASPP on {sep.split('@')[1]}, {b} {p}: sep_aspp runs {speed:.2f}x faster "
-                               f"measured, against {mac:.2f}x fewer MACs{overhead_note(doc['models'][sep]['gmacs'])}.")
-    untimed = sorted({r["latency_note"] for r in doc["rows"] if not r.get("latency_ms") and r.get("latency_note")})
-    return out + [f"- {n} (no figures invented)." for n in untimed]
-
 
 def markdown(doc: dict[str, Any]) -> str:
     c, m = doc["config"], doc["machine"]

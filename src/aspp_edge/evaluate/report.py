@@ -19,6 +19,8 @@ import numpy as np
 
 from ..config import METHODS
 from ..fileio import atomic_path
+from .latency_table import INT8_MAX_LATENCY_RATIO, OVERHEAD_GMACS, overhead_note, per_model_table, rows_table  # noqa: F401
+from .latency_table import verdicts as deploy_verdicts
 from .results import MIL_REFERENCE as INTERPRETED
 from .results import evaluated_by
 
@@ -30,18 +32,8 @@ ROW_FIELDS = (
 # its float reference (drop, argmax agreement), and what int8 must buy in speed to be worth it.
 QAT_MAX_DROP = 0.3  # points
 QAT_MIN_AGREEMENT = 0.99
-INT8_MAX_LATENCY_RATIO = 0.25  # int8 median / fp32 median of the same runtime
 COREML_FP16_MIN_AGREEMENT = 0.995  # Core ML fp16 vs the float model: fp16 rounding alone, no quantization
 CROSS_MIN_AGREEMENT = 0.99  # an int8 artifact vs the other backends' int8 artifacts of the same program (same qparams)
-OVERHEAD_GMACS = 0.5  # below this, fixed per-operator costs dominate latency: ratios measured there say little about deploy size
-
-
-def overhead_note(gmacs: float | None) -> str:
-    """The note a latency verdict carries when its model is under OVERHEAD_GMACS (empty otherwise)."""
-    if gmacs is None or gmacs >= OVERHEAD_GMACS:
-        return ""
-    return (f" (measured at {gmacs:.3g} GMACs, under {OVERHEAD_GMACS}: fixed per-operator costs dominate, so this ratio says "
-            "little about deploy size; `aspp-edge sweep` measures it there)")
 
 
 def machine() -> dict[str, Any]:
@@ -109,9 +101,12 @@ def cross_backend_table(rows: list[dict[str, Any]], *, with_head: bool) -> list[
     return ["| program | artifacts | agreement |", "|---|---|---|"] + lines if lines else []
 
 
-def verdict(rows: list[dict[str, Any]]) -> list[str]:
-    """One sentence per target, stated against the figures (never a bare pass/fail)."""
+def verdict(rows: list[dict[str, Any]], deploy: dict[str, Any] | None = None) -> list[str]:
+    """One sentence per target, stated against the figures (never a bare pass/fail). Where `deploy`
+    (the run's architecture latency at deploy size) times a head, its int8/fp32 and ExecuTorch vs
+    LiteRT sentences come from those rows, not from the accuracy rows' small-size latencies."""
     out = []
+    at_deploy = {r["model"] for r in (deploy or {}).get("rows", []) if r.get("latency_ms")}
     for head in dict.fromkeys(r["head"] for r in rows):
         mine = [r for r in rows if r["head"] == head and ran(r)]
         qat = [r for r in mine if r["method"] == "qat"]
@@ -124,9 +119,10 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
                 f"{QAT_MIN_AGREEMENT}) on every backend that ran: worst drop {worst_drop['miou_drop']:.2f} points "
                 f"({worst_drop['backend']}), lowest agreement {worst_agree['agreement']:.4f} ({worst_agree['backend']})."
             )
-        for backend in dict.fromkeys(r["backend"] for r in mine):
+        out += _mixed_trade(head, mine)
+        for backend in dict.fromkeys(r["backend"] for r in mine if head not in at_deploy):
             fp = [r for r in mine if r["backend"] == backend and r["precision"] in ("fp32", "fp16")]
-            q = [r for r in mine if r["backend"] == backend and r["precision"] == "int8"]
+            q = [r for r in mine if r["backend"] == backend and r["precision"] == "int8" and r["method"] != "mixed"]
             if fp and q and fp[0]["latency_ms"] and q[0]["latency_ms"]:
                 ratio = min(r["latency_ms"]["median"] for r in q) / fp[0]["latency_ms"]["median"]
                 out.append(
@@ -146,24 +142,51 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
         for method in METHODS:
             et = [r for r in mine if (r["backend"], r["precision"], r["method"]) == ("executorch", "int8", method)]
             tfl = [r for r in mine if (r["backend"], r["precision"], r["method"]) == ("tflite", "int8", method)]
-            if et and tfl and et[0]["latency_ms"] and tfl[0]["latency_ms"]:
+            if et and tfl and et[0]["latency_ms"] and tfl[0]["latency_ms"] and head not in at_deploy:
                 a, b = et[0]["latency_ms"]["median"], tfl[0]["latency_ms"]["median"]
                 out.append(f"- {head}: {method} int8 ExecuTorch {a:.3f} ms vs LiteRT {b:.3f} ms median "
                            f"({'ExecuTorch not slower' if a <= b else f'ExecuTorch {a / b:.2f}x slower'}){overhead_note(et[0].get('gmacs'))}.")
+    if at_deploy:
+        size = deploy["config"]["size"]
+        out += [line.replace("- `", f"- at {size}x{size} (architecture latency) `", 1) for line in deploy_verdicts(deploy)]
     not_run = sorted({r["evaluated_by"] for r in rows if not ran(r)})
-    out += [f"- {reason} (no figures invented)." for reason in not_run]
+    out += [f"- {reason} (no figures invented)." for reason in not_run if f"- {reason} (no figures invented)." not in out]
+    return out
+
+
+def _mixed_trade(head: str, mine: list[dict[str, Any]]) -> list[str]:
+    """The run's `mixed` rows against full-int8 PTQ: the layers kept in float, and per backend what
+    they buy in drop and cost in latency and size."""
+    mixed = [r for r in mine if r["method"] == "mixed"]
+    if not mixed:
+        return []
+    layers = mixed[0].get("float_layers") or []
+    out = [f"- {head}: mixed precision keeps {len(layers)} layer(s) in float ({', '.join(layers) or 'none'})."]
+    for r in mixed:
+        full = next((p for p in mine if (p["backend"], p["precision"], p["method"]) == (r["backend"], "int8", "ptq")), None)
+        if full is None:
+            continue
+        cost = ""
+        if r.get("latency_ms") and full.get("latency_ms"):
+            delta = r["latency_ms"]["median"] - full["latency_ms"]["median"]
+            cost = f", median latency {delta:+.3f} ms ({r['latency_ms']['median']:.3f} vs {full['latency_ms']['median']:.3f}){overhead_note(r.get('gmacs'))}"
+        out.append(f"- {head}: {r['backend']} mixed vs full-int8 PTQ: drop {r['miou_drop']:.2f} vs {full['miou_drop']:.2f} points, "
+                   f"agreement {r['agreement']:.4f} vs {full['agreement']:.4f}, size {r['size_bytes'] / 1e6:.2f} vs "
+                   f"{full['size_bytes'] / 1e6:.2f} MB{cost}.")
     return out
 
 
 def write_report(out_dir: str | Path, rows: list[dict[str, Any]], *, recipe: dict[str, Any], references: dict[str, dict[str, Any]],
-                 tools: dict[str, str], peaks: dict[str, Any] | None, samples: dict[str, Any] | None, seconds: float | None = None) -> dict[str, Path]:
-    """Write report.json, report.md, pareto.png and samples.png into `out_dir`; returns their paths."""
+                 tools: dict[str, str], peaks: dict[str, Any] | None, samples: dict[str, Any] | None, seconds: float | None = None,
+                 deploy: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write report.json, report.md, pareto.png and samples.png into `out_dir`; returns their paths.
+    `deploy`: the recipe's deploy section (sweep.deploy_plan's doc), reported apart from the accuracy rows."""
     out = Path(out_dir)
     main_head = recipe["model"]["head"]
     report = {
         "recipe": recipe, "reference": references.get(main_head) or next(iter(references.values())),
         "references": references, "machine": machine(), "tools": tools, "runtime_peaks": peaks or {},
-        "artifacts": rows, "seconds": seconds,
+        "artifacts": rows, "deploy": deploy, "seconds": seconds,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     paths = {name: out / name for name in ("report.json", "report.md", "pareto.png", "samples.png")}
@@ -231,7 +254,14 @@ def markdown(report: dict[str, Any]) -> str:
             top = ", ".join(f"{k} {v:.3f} ms ({100 * v / total:.0f}%)" for k, v in list(r["profile"].items())[:4])
             lines.append(f"- {label(r, len(heads) > 1)}: {top}")
         lines.append("")
-    lines += ["## Verdict", ""] + verdict(rows) + [""]
+    deploy = report.get("deploy")
+    if deploy:
+        c = deploy["config"]
+        lines += [f"## Architecture latency at deploy size ({c['size']}x{c['size']}, width {c['width']}, calibrated-only weights)", "",
+                  f"The same architectures as the rows above, not the trained models: {deploy['note']}; {c['runs']} timed runs after "
+                  f"{c['warmup']} warm-up. Accuracy is measured above, at the recipe's size.", ""]
+        lines += per_model_table(deploy) + [""] + rows_table(deploy["rows"]) + [""]
+    lines += ["## Verdict", ""] + verdict(rows, deploy) + [""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,144 @@
+"""Architecture latency rows: tables and verdicts shared by `aspp-edge sweep` and a run's `deploy:` section.
+
+A row (one artifact timed in its own process) has `model`, `backend`, `precision`, `gmacs`,
+`params`, `size_bytes`, `latency_ms` {median, p90, min} (None where it was not timed, with
+`latency_note`), `load_ms`, `peak_rss_mb`, `gmacs_per_s`, `peak_fraction`, `graph` and
+`evaluated_by`. A doc is {"config": {"backends": [...], ...}, "models": {key: {gmacs, params}}, "rows": [...]}.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..formats import get_backend
+
+INT8_MAX_LATENCY_RATIO = 0.25  # int8 median / fp32 median of the same runtime
+OVERHEAD_GMACS = 0.5  # below this, fixed per-operator costs dominate latency: ratios measured there say little about deploy size
+
+
+def overhead_note(gmacs: float | None) -> str:
+    """The note a latency verdict carries when its model is under OVERHEAD_GMACS (empty otherwise)."""
+    if gmacs is None or gmacs >= OVERHEAD_GMACS:
+        return ""
+    return (f" (measured at {gmacs:.3g} GMACs, under {OVERHEAD_GMACS}: fixed per-operator costs dominate, so this ratio says "
+            "little about deploy size; `aspp-edge sweep` measures it there)")
+
+
+def _median(row: dict[str, Any] | None) -> float | None:
+    return (row.get("latency_ms") or {}).get("median") if row else None
+
+
+def _f(value: Any, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _index(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(r["model"], r["backend"], r["precision"]): r for r in rows}
+
+
+def graph_text(row: dict[str, Any]) -> str:
+    g = row.get("graph") or {}
+    if row["backend"] == "executorch":
+        frac = g.get("node_fraction")
+        return f"{100 * frac:.0f}% of nodes in XNNPACK" if frac is not None else "-"
+    if row["backend"] == "tflite":
+        x = g.get("xnnpack") or {}
+        outside = ", ".join(f"{k} x{v}" for k, v in (x.get("ops_outside") or {}).items()) or "none"
+        return f"{g.get('qdq_inside', 0)} Q/DQ inside, {x.get('partitions', '-')} XNNPACK partition(s), outside: {outside}"
+    ops = g.get("mil_ops") or {}
+    return f"{sum(ops.values())} MIL ops ({len(ops)} kinds)"
+
+
+def per_model_table(doc: dict[str, Any]) -> list[str]:
+    rows, backends = doc["rows"], doc["config"]["backends"]
+    by = _index(rows)
+    timed = [b for b in ("executorch", "tflite") if b in backends]
+    head = ["model", "GMACs", "params (M)"]
+    for b in timed:
+        head += [f"{b} fp32 ms", f"{b} int8 ms", f"{b} int8/fp32"]
+    if len(timed) == 2:
+        head += ["ExecuTorch/LiteRT fp32", "ExecuTorch/LiteRT int8"]
+    if "coreml" in backends:
+        head += ["Core ML fp16 / int8 MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, info in doc["models"].items():
+        cells = [f"`{key}`", f"{info['gmacs']:.3f}", f"{info['params'] / 1e6:.2f}"]
+        for b in timed:
+            f, q = _median(by.get((key, b, "fp32"))), _median(by.get((key, b, "int8")))
+            cells += [_f(f, ".2f"), _f(q, ".2f"), _f(_ratio(q, f), ".2f")]
+        if len(timed) == 2:
+            for p in ("fp32", "int8"):
+                cells.append(_f(_ratio(_median(by.get((key, "executorch", p))), _median(by.get((key, "tflite", p)))), ".2f"))
+        if "coreml" in backends:
+            f, q = by.get((key, "coreml", "fp16")), by.get((key, "coreml", "int8"))
+            cells.append(f"{_f(f and f['size_bytes'] / 1e6, '.2f')} / {_f(q and q['size_bytes'] / 1e6, '.2f')}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def rows_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| model | artifact | MB | median ms | p90 ms | min ms | load ms | peak RSS MB | GMAC/s | % of peak | graph | evaluated by |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lat = r.get("latency_ms") or {}
+        frac = r.get("peak_fraction")
+        lines.append(
+            f"| `{r['model']}` | {r['backend']} {r['precision']} | {r['size_bytes'] / 1e6:.2f} | {_f(lat.get('median'), '.2f')} "
+            f"| {_f(lat.get('p90'), '.2f')} | {_f(lat.get('min'), '.2f')} | {_f(r.get('load_ms'), '.0f')} | {_f(r.get('peak_rss_mb'), '.0f')} "
+            f"| {_f(r.get('gmacs_per_s'), '.1f')} | {_f(frac and 100 * frac, '.0f')} | {graph_text(r)} "
+            f"| {r['evaluated_by'] if r.get('latency_ms') else r.get('latency_note') or r['evaluated_by']} |"
+        )
+    return lines
+
+
+def separable_pairs(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(sep_aspp@B, aspp@B) for every backbone B where both were swept."""
+    keys = set(doc["models"])
+    return [(f"sep_aspp@{b}", f"aspp@{b}") for b in sorted({r["backbone"] for r in doc["rows"] if r.get("backbone")})
+            if f"sep_aspp@{b}" in keys and f"aspp@{b}" in keys]
+
+
+def separable_table(doc: dict[str, Any]) -> list[str]:
+    by = _index(doc["rows"])
+    lines = []
+    for sep, std in separable_pairs(doc):
+        mac = doc["models"][std]["gmacs"] / doc["models"][sep]["gmacs"]
+        for b in doc["config"]["backends"]:
+            for p in (get_backend(b).float_precision, "int8"):
+                speed = _ratio(_median(by.get((std, b, p))), _median(by.get((sep, b, p))))
+                if speed is not None:
+                    lines.append(f"| {sep.split('@')[1]} | {b} {p} | {mac:.2f}x | {speed:.2f}x |")
+    return ["| backbone | artifact | MAC ratio aspp/sep_aspp | measured speedup (aspp ms / sep_aspp ms) |", "|---|---|---|---|"] + lines if lines else []
+
+
+def verdicts(doc: dict[str, Any]) -> list[str]:
+    """Sentences stated against the measured figures: int8/fp32 per runtime, ExecuTorch vs LiteRT,
+    separable vs standard. Rows of models under OVERHEAD_GMACS carry the overhead note."""
+    by, out = _index(doc["rows"]), []
+    for key, info in doc["models"].items():
+        note = overhead_note(info["gmacs"])
+        for b in ("executorch", "tflite"):
+            ratio = _ratio(_median(by.get((key, b, "int8"))), _median(by.get((key, b, "fp32"))))
+            if ratio is not None:
+                out.append(f"- `{key}`: {b} int8 runs in {ratio:.2f}x the fp32 latency "
+                           f"({'within' if ratio <= INT8_MAX_LATENCY_RATIO else 'above'} the {INT8_MAX_LATENCY_RATIO}x target){note}.")
+        for p in ("fp32", "int8"):
+            a, b_ = _median(by.get((key, "executorch", p))), _median(by.get((key, "tflite", p)))
+            if a is not None and b_:
+                faster = "ExecuTorch" if a < b_ else "LiteRT"
+                out.append(f"- `{key}`: {p} ExecuTorch {a:.2f} ms vs LiteRT {b_:.2f} ms median ({faster} {max(a, b_) / min(a, b_):.2f}x faster){note}.")
+    for sep, std in separable_pairs(doc):
+        mac = doc["models"][std]["gmacs"] / doc["models"][sep]["gmacs"]
+        for b in ("executorch", "tflite"):
+            for p in ("fp32", "int8"):
+                speed = _ratio(_median(by.get((std, b, p))), _median(by.get((sep, b, p))))
+                if speed is not None:
+                    out.append(f"- separable vs standard ASPP on {sep.split('@')[1]}, {b} {p}: sep_aspp runs {speed:.2f}x faster "
+                               f"measured, against {mac:.2f}x fewer MACs{overhead_note(doc['models'][sep]['gmacs'])}.")
+    untimed = sorted({r["latency_note"] for r in doc["rows"] if not r.get("latency_ms") and r.get("latency_note")})
+    return out + [f"- {n} (no figures invented)." for n in untimed]
