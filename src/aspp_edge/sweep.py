@@ -515,11 +515,12 @@ def summary_text(doc: dict[str, Any], *, ran: int, reused: int, seconds: float) 
 
 
 def _place_labels(ax, points: list[tuple[float, float, str]]) -> None:
-    """Annotate each point with its label at the first candidate offset whose text box overlaps no
-    label already placed and no marker; the last candidate when none is free."""
+    """Annotate each point with its label at the first candidate offset whose text box lies inside the
+    axes and overlaps no label already placed and no marker; the last candidate when none is free."""
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
     marker_boxes = []
     for x, y, _ in points:
         px, py = ax.transData.transform((x, y))
@@ -529,7 +530,8 @@ def _place_labels(ax, points: list[tuple[float, float, str]]) -> None:
 
     def free(box) -> bool:
         x0, y0, x1, y1 = box
-        return not any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b in placed + marker_boxes)
+        inside = frame.x0 <= x0 and x1 <= frame.x1 and frame.y0 <= y0 and y1 <= frame.y1  # not cut off by the axes
+        return inside and not any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b in placed + marker_boxes)
 
     for x, y, text in points:
         for i, (dx, dy) in enumerate(offsets):
