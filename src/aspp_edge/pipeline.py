@@ -143,8 +143,11 @@ def run(
     fp16: bool = False,
 ) -> RunSummary:
     """Every stage for each model asked for (`heads`: built-in heads, 'all' for the ablation; `models`:
-    brought models), into one report. Neither given: the recipe's own model. `fp16`: also an fp16
-    artifact from each backend that offers fp16 beside another float default (tflite, executorch-vulkan)."""
+    brought models), into one report. Neither given: the recipe's own model. `methods`: ptq, qat
+    (the default, 'all') and the opt-in `mixed` (PTQ with float layers, beside full-int8 ptq;
+    `mixed_settings`). `fp16`: also an fp16 artifact from each backend that offers fp16 beside
+    another float default (tflite, executorch-vulkan). A recipe with `deploy:` also times each
+    model's architecture at the deploy size (`sweep.deploy_plan`), reported apart."""
     started = time.perf_counter()
     entries = plan_models(recipe, heads, models)
     # 'all' and the default are the registry's default set; opt-in backends (executorch-coreml, -vulkan) are named

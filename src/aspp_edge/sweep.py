@@ -36,6 +36,7 @@ from typing import Any
 
 from .errors import ConfigError, choices_error
 from .evaluate.latency_table import OVERHEAD_GMACS, per_model_table, rows_table, separable_table, verdicts
+from .evaluate.plotting import place_labels
 from .fileio import write_text_atomic
 from .formats import BACKENDS, DEFAULT_BACKENDS, artifact_name, artifact_size, get_backend, manifest_path
 from .stages import Stage, StageBook
@@ -514,37 +515,6 @@ def summary_text(doc: dict[str, Any], *, ran: int, reused: int, seconds: float) 
                      + per_model_table(doc) + [""] + verdicts(doc))
 
 
-def _place_labels(ax, points: list[tuple[float, float, str]]) -> None:
-    """Annotate each point with its label at the first candidate offset whose text box lies inside the
-    axes and overlaps no label already placed and no marker; the last candidate when none is free."""
-    fig = ax.figure
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    frame = ax.get_window_extent(renderer)
-    marker_boxes = []
-    for x, y, _ in points:
-        px, py = ax.transData.transform((x, y))
-        marker_boxes.append((px - 5, py - 5, px + 5, py + 5))
-    placed: list[tuple[float, float, float, float]] = []
-    offsets = [(6, 4), (6, -12), (-6, 4), (-6, -12), (6, 14), (-6, 14), (6, -22), (-6, -22), (12, 24), (-12, 24), (12, -32), (-12, -32)]
-
-    def free(box) -> bool:
-        x0, y0, x1, y1 = box
-        inside = frame.x0 <= x0 and x1 <= frame.x1 and frame.y0 <= y0 and y1 <= frame.y1  # not cut off by the axes
-        return inside and not any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b in placed + marker_boxes)
-
-    for x, y, text in points:
-        for i, (dx, dy) in enumerate(offsets):
-            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
-                              ha="left" if dx > 0 else "right", arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"} if abs(dy) > 14 else None)
-            bb = ann.get_window_extent(renderer)
-            box = (bb.x0, bb.y0, bb.x1, bb.y1)
-            if free(box) or i == len(offsets) - 1:
-                placed.append(box)
-                break
-            ann.remove()
-
-
 def latency_png(rows: list[dict[str, Any]], path: Path, *, title: str) -> None:
     """Median latency vs GMACs, one marker per backend/precision, each model labelled once (no label overlaps another or a marker)."""
     import matplotlib
@@ -581,6 +551,6 @@ def latency_png(rows: list[dict[str, Any]], path: Path, *, title: str) -> None:
     for r in timed:
         if r["model"] not in slowest or r["latency_ms"]["median"] > slowest[r["model"]]["latency_ms"]["median"]:
             slowest[r["model"]] = r
-    _place_labels(ax, [(r["gmacs"], r["latency_ms"]["median"], key) for key, r in slowest.items()])
+    place_labels(ax, [(r["gmacs"], r["latency_ms"]["median"], key) for key, r in slowest.items()])
     fig.savefig(path, format="png")
     plt.close(fig)

@@ -21,6 +21,7 @@ from ..config import METHODS
 from ..fileio import atomic_path
 from .latency_table import INT8_MAX_LATENCY_RATIO, OVERHEAD_GMACS, overhead_note, per_model_table, rows_table  # noqa: F401
 from .latency_table import verdicts as deploy_verdicts
+from .plotting import place_labels
 from .results import MIL_REFERENCE as INTERPRETED
 from .results import evaluated_by
 
@@ -277,9 +278,8 @@ def pareto_png(rows: list[dict[str, Any]], references: dict[str, dict[str, Any]]
     markers = {"executorch": "o", "tflite": "s", "coreml": "^"}
     colors = {"fp32": "tab:blue", "fp16": "tab:cyan", "int8": "tab:red"}
     for r in timed:
-        x, y = r["latency_ms"]["median"], r["miou"]
-        ax.scatter(x, y, marker=markers.get(r["backend"], "o"), color=colors.get(r["precision"], "k"), s=50, zorder=3)
-        ax.annotate(label(r, with_head), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.scatter(r["latency_ms"]["median"], r["miou"], marker=markers.get(r["backend"], "o"), color=colors.get(r["precision"], "k"),
+                   s=50, zorder=3)
     for head, ref in references.items():
         ax.axhline(ref["miou"], color="grey", lw=0.8, ls="--")
         ax.annotate(f"float {head} ({ref['device']})", (0.01, ref["miou"]), xycoords=("axes fraction", "data"), fontsize=7, color="grey")
@@ -292,9 +292,16 @@ def pareto_png(rows: list[dict[str, Any]], references: dict[str, dict[str, Any]]
         title += f"\nno latency (MIL reference interpreter): {', '.join(untimed)}"
     ax.set(xlabel="median latency (ms)", ylabel="val mIoU", title=title)
     if timed:
+        from matplotlib.ticker import FuncFormatter
+
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.4, 0.6, 1 rather than 4x10^-1
         ax.set_xscale("log")
-    ax.grid(alpha=0.3)
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
+    place_labels(ax, [(r["latency_ms"]["median"], r["miou"], label(r, with_head)) for r in timed])  # after the layout: final positions
     fig.savefig(path, format="png")
     plt.close(fig)
 
