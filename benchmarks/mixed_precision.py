@@ -8,6 +8,12 @@ against the float model, and timed in a fresh process (ExecuTorch and LiteRT; Co
 needs macOS). Only library functions are used: quantize_checkpoint, export, runtime.load,
 evaluate.accuracy.evaluate, evaluate.latency.measure.
 
+With `--deploy-size N` (e.g. 512) the same architecture is also built at NxN with seeded random
+weights (latency does not depend on trained values; `aspp-edge sweep`'s convention), calibrated on 8
+synthetic images, and its fp32, full int8 and mixed programs (the same float layers) exported for
+ExecuTorch and LiteRT and timed in fresh processes: the latency cost of the kept layers where phones
+run the model, not only at the recipe's small training size.
+
 Prints the tables and writes OUT.json and OUT.md (command, machine, date, versions in both).
 
     python benchmarks/mixed_precision.py --recipe quick --checkpoint runs/quick/sep_aspp/float/float.pt \\
@@ -60,6 +66,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=20, help="timed runs per artifact")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--top", type=int, default=10, help="sensitivity rows in the .md")
+    p.add_argument("--deploy-size", type=int, default=None, help="also time fp32 / int8 / mixed of the architecture at NxN")
     args = p.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     recipe = load_recipe(args.recipe)
@@ -117,10 +124,47 @@ def main() -> None:
                     "quantize_mixed_auto": mixed_s},
         "threads": args.threads, "runs": args.runs,
     }
-    result = {**header, "sensitivity": full.sensitivity.to_dict(), "rows": rows, "cross_backend_agreement": cross}
+    deploy = deploy_rows(recipe, mixed.float_layers, args.deploy_size, work / "deploy", args) if args.deploy_size else []
+    result = {**header, "sensitivity": full.sensitivity.to_dict(), "rows": rows, "cross_backend_agreement": cross,
+              "deploy_size": args.deploy_size, "deploy_rows": deploy}
     write_text_atomic(f"{args.out}.json", json.dumps(result, indent=2))
     write_text_atomic(f"{args.out}.md", render(result, full.sensitivity.table(args.top)))
     print(render(result, full.sensitivity.table(args.top)))
+
+
+def deploy_rows(recipe, float_layers: list[str], size: int, work: Path, args) -> list[dict]:
+    """fp32, full int8 and mixed (`float_layers` in float) of the recipe's architecture at size x size,
+    random weights, exported for ExecuTorch and LiteRT and each timed in a fresh process."""
+    import torch
+
+    from aspp_edge.calibration.calibrate import calibration_batches
+    from aspp_edge.data import calibration_dataset
+    from aspp_edge.export import ExportSource
+    from aspp_edge.models import model_from_recipe
+    from aspp_edge.quantize import quantize
+
+    drecipe = recipe.replace(name=f"{recipe.name}_{size}", data={"resolution": size}, deploy=None,
+                             ptq={"calib_size": 8, "batch_size": 4, "keep_float": [], "max_drop": None, "max_float_layers": None})
+    torch.manual_seed(0)
+    model = model_from_recipe(drecipe).eval()
+    calib_set, split = calibration_dataset(drecipe)
+    calib = calibration_batches(calib_set, 8, 4, seed=0, split=split)
+    sources = {"float": ExportSource(drecipe, model=model, name=drecipe.name)}
+    for label, keep in (("int8", []), ("mixed", list(float_layers))):
+        q = quantize(model, drecipe.replace(ptq={"keep_float": keep}).ptq, calibration=calib)
+        q.meta = {"recipe": drecipe.to_dict(), "calibration_split": split, "weights": "random (torch.manual_seed(0))"}
+        q.save(work, f"{drecipe.name}_{label}")
+        sources[label] = from_quantized(work / f"{drecipe.name}_{label}_int8.pt2")
+    rows = []
+    for backend in ("executorch", "tflite"):
+        for label, src in sources.items():
+            path = export(src, backend, "fp32" if label == "float" else "int8", work / "artifacts" / label)
+            lat = measure(path, threads=args.threads, runs=args.runs)
+            rows.append({"backend": backend, "program": label, "artifact": path.name, "size_mb": artifact_size(path) / 1e6,
+                         "latency_ms": lat.median_ms, "p90_ms": lat.p90_ms,
+                         "float_layers": read_manifest(path).get("quantization", {}).get("float_layers")})
+            print(f"deploy {size}: {backend:<10} {label:<6} {rows[-1]['size_mb']:.3f} MB  {lat.median_ms:.2f} ms")
+    return rows
 
 
 def render(r: dict, sensitivity_table: str) -> str:
@@ -147,6 +191,16 @@ def render(r: dict, sensitivity_table: str) -> str:
                      f"{row['sqnr_db']:.1f} | {row['size_mb']:.3f} | {lat} | {cost} |")
     lines += ["", "Cross-backend argmax agreement on val: " + "; ".join(f"{k} {v:.4f}" for k, v in r["cross_backend_agreement"].items()),
               "", "Core ML latency is measured on macOS only (here the package runs in the MIL reference interpreter)."]
+    if r.get("deploy_rows"):
+        n = r["deploy_size"]
+        lines += ["", f"## Latency at deploy size: the same architecture at {n}x{n}, the same float layers", "",
+                  "Seeded random weights, int8 calibrated on 8 synthetic images (latency does not depend on trained values); "
+                  f"median of {r['runs']} runs, each artifact in a fresh process.", "",
+                  "| backend | program | size MB | median ms | p90 ms | cost vs int8 ms |", "|---|---|---|---|---|---|"]
+        base = {row["backend"]: row["latency_ms"] for row in r["deploy_rows"] if row["program"] == "int8"}
+        for row in r["deploy_rows"]:
+            cost = f"{row['latency_ms'] - base[row['backend']]:+.2f}" if row["program"] == "mixed" else "-"
+            lines.append(f"| {row['backend']} | {row['program']} | {row['size_mb']:.3f} | {row['latency_ms']:.2f} | {row['p90_ms']:.2f} | {cost} |")
     return "\n".join(lines) + "\n"
 
 
