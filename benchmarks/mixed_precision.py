@@ -67,6 +67,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--top", type=int, default=10, help="sensitivity rows in the .md")
     p.add_argument("--deploy-size", type=int, default=None, help="also time fp32 / int8 / mixed of the architecture at NxN")
+    p.add_argument("--keep-float", default=None, help="comma-separated layers for the mixed program instead of auto")
     args = p.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     recipe = load_recipe(args.recipe)
@@ -76,11 +77,16 @@ def main() -> None:
     full = quantize_checkpoint(recipe, args.checkpoint, "ptq", work, name=f"{recipe.name}_ptq", sensitivity=True, sensitivity_top=5)
     full_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    mixed = quantize_checkpoint(recipe, args.checkpoint, "ptq", work, name=f"{recipe.name}_ptq_mixed", keep_float="auto",
-                                max_drop=args.max_drop, max_float_layers=args.max_float_layers)
+    if args.keep_float:  # an explicit list: the cost of keeping these layers, whatever the drop target
+        mixed = quantize_checkpoint(recipe, args.checkpoint, "ptq", work, name=f"{recipe.name}_ptq_mixed",
+                                    keep_float=tuple(n.strip() for n in args.keep_float.split(",") if n.strip()))
+    else:
+        mixed = quantize_checkpoint(recipe, args.checkpoint, "ptq", work, name=f"{recipe.name}_ptq_mixed", keep_float="auto",
+                                    max_drop=args.max_drop, max_float_layers=args.max_float_layers)
     mixed_s = time.perf_counter() - t0
     print(full.sensitivity.table(args.top))
-    print(f"keep_float auto (max_drop {args.max_drop}): {mixed.float_layers} -> program drop {mixed.miou_drop_points:.3f} points")
+    print(f"keep_float {args.keep_float or f'auto (max_drop {args.max_drop})'}: {mixed.float_layers} -> program drop "
+          f"{mixed.miou_drop_points:.3f} points")
 
     model, recipe, _ = load_model(args.checkpoint, recipe)
     val = build_dataset(recipe, "val")
@@ -119,7 +125,8 @@ def main() -> None:
     header = {
         "command": command, "machine": machine(), "date": datetime.date.today().isoformat(), "versions": tool_versions(),
         "recipe": recipe.name, "checkpoint": str(args.checkpoint), "float_miou": reference.miou, "val_images": len(val),
-        "max_drop": args.max_drop, "float_layers": mixed.float_layers, "keep_float_auto": mixed.keep_float_auto,
+        "max_drop": None if args.keep_float else args.max_drop, "float_layers": mixed.float_layers,
+        "keep_float_auto": mixed.keep_float_auto, "program_miou_drop": mixed.miou_drop_points,
         "seconds": {"quantize_full_with_sensitivity": full_s, "sensitivity": full.sensitivity.seconds,
                     "quantize_mixed_auto": mixed_s},
         "threads": args.threads, "runs": args.runs,
@@ -176,9 +183,10 @@ def render(r: dict, sensitivity_table: str) -> str:
              f"- sensitivity: {r['seconds']['sensitivity']:.0f} s; quantize + sensitivity {r['seconds']['quantize_full_with_sensitivity']:.0f} s; "
              f"quantize with keep_float auto {r['seconds']['quantize_mixed_auto']:.0f} s", "",
              "## Isolated sensitivity, top rows", "", "```", sensitivity_table, "```", "",
-             f"## keep_float auto, max_drop {r['max_drop']} points", "",
-             f"Layers kept in float: {', '.join(r['float_layers']) or '(none needed)'}; "
-             f"program drop {r['keep_float_auto']['program_miou_drop']:.3f} points (met: {r['keep_float_auto']['met']}).", "",
+             (f"## keep_float auto, max_drop {r['max_drop']} points" if r["max_drop"] is not None else "## keep_float: a given list"), "",
+             f"Layers kept in float: {', '.join(r['float_layers']) or '(none needed)'}; program drop "
+             f"{r['program_miou_drop']:.3f} points (PyTorch int8 program on val)"
+             + (f" (met: {r['keep_float_auto']['met']})." if r.get("keep_float_auto") else "."), "",
              "| backend | program | precision | mIoU drop (pts) | agreement | SQNR dB | size MB | latency ms | cost vs int8 ms |",
              "|---|---|---|---|---|---|---|---|---|"]
     int8_lat = {row["backend"]: row["latency_ms"] for row in r["rows"] if row["program"] == "int8"}
