@@ -261,7 +261,7 @@ def test_default_recipe_times_its_architecture_at_512():
 
 def test_run_deploy_section_adds_architecture_latency_rows(quick_run, tmp_path):
     """On a copy of the shared quick run (its stages reused), a deploy section at 96x96 adds the
-    architecture's TFLite fp32 and int8 rows; the report shows them apart and its verdict states
+    architecture's ExecuTorch fp32 and int8 rows; the report shows them apart and its verdict states
     int8/fp32 from them, not from the 64x64 accuracy rows; a second run reuses every stage."""
     import shutil
 
@@ -271,13 +271,13 @@ def test_run_deploy_section_adds_architecture_latency_rows(quick_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(quick_run, out)
     recipe = load_recipe("quick").replace(deploy={"resolution": 96, "runs": 1, "warmup": 0})
-    summary = run(recipe, out, methods="ptq", backends="tflite", runs=3, peaks=False, progress=False)
+    summary = run(recipe, out, methods="ptq", backends="executorch", runs=3, peaks=False, progress=False)
     ran = json.loads((out / "stages.json").read_text())["stages"]
     assert sorted(k for k in ran if k.startswith("deploy/")) == sorted(
-        f"deploy/{s}/sep_aspp{t}" for s, t in [("quant", ""), ("export", "/tflite/fp32"), ("export", "/tflite/int8"),
-                                                             ("time", "/tflite/fp32"), ("time", "/tflite/int8")])
+        f"deploy/{s}/sep_aspp{t}" for s, t in [("quant", ""), ("export", "/executorch/fp32"), ("export", "/executorch/int8"),
+                                                             ("time", "/executorch/fp32"), ("time", "/executorch/int8")])
     doc = summary.deploy
-    assert doc is not None and [(r["backend"], r["precision"]) for r in doc["rows"]] == [("tflite", "fp32"), ("tflite", "int8")]
+    assert doc is not None and [(r["backend"], r["precision"]) for r in doc["rows"]] == [("executorch", "fp32"), ("executorch", "int8")]
     assert all(r["latency_ms"]["median"] > 0 for r in doc["rows"])
     for r in doc["rows"]:
         assert read_manifest(out / "deploy" / r["path"])["input"]["shape"] == [1, 3, 96, 96]
@@ -289,7 +289,7 @@ def test_run_deploy_section_adds_architecture_latency_rows(quick_run, tmp_path):
     md = (out / "report.md").read_text()
     assert "## Architecture latency at deploy size (96x96, width 0.25, calibrated-only weights)" in md
     verdict = md.split("## Verdict")[1]
-    assert "at 96x96 (architecture latency) `sep_aspp`: tflite int8 runs in" in verdict
-    assert "- sep_aspp: tflite int8 runs in" not in verdict
-    again = run(recipe, out, methods="ptq", backends="tflite", runs=3, peaks=False, progress=False)
+    assert "at 96x96 (architecture latency) `sep_aspp`: executorch int8 runs in" in verdict
+    assert "- sep_aspp: executorch int8 runs in" not in verdict
+    again = run(recipe, out, methods="ptq", backends="executorch", runs=3, peaks=False, progress=False)
     assert again.stages_run == 0
