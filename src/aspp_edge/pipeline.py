@@ -263,7 +263,7 @@ def _model_stages(head: str, recipe: Recipe, backends: list[str], methods: list[
     for method in methods:
         program = hdir / "quant" / f"{name}_{method}_int8.pt2"
         programs[method] = program
-        base, overrides = mixed_settings(recipe) if method == "mixed" else (method, {})
+        base, overrides = ("ptq", mixed_settings(recipe)) if method == "mixed" else (method, {})
         section, inputs = conf[base], dict(overrides)
         if method == "ptq" and "mixed" in methods and recipe.ptq.keep_float:  # the full-int8 program mixed is compared with
             section, overrides = {**section, "keep_float": [], "max_drop": None, "max_float_layers": None}, {"keep_float": ()}
@@ -296,17 +296,17 @@ def _model_stages(head: str, recipe: Recipe, backends: list[str], methods: list[
     return stages
 
 
-def mixed_settings(recipe: Recipe) -> tuple[str, dict[str, Any]]:
-    """The run's `mixed` method: (the quantize method, its overrides). PTQ keeping the recipe's
-    ptq.keep_float layers in float where it names some, else `auto` at ptq.max_drop (MIXED_MAX_DROP
-    points when unset) and ptq.max_float_layers."""
+def mixed_settings(recipe: Recipe) -> dict[str, Any]:
+    """The run's `mixed` method: the overrides of PTQ that make it. The recipe's ptq.keep_float layers
+    in float where it names some, else `auto` at ptq.max_drop (MIXED_MAX_DROP points when unset) and
+    ptq.max_float_layers."""
     from .config import MIXED_MAX_DROP
 
     ptq = recipe.ptq
     if ptq.keep_float and ptq.keep_float != "auto":
-        return "ptq", {"keep_float": tuple(ptq.keep_float)}
-    return "ptq", {"keep_float": "auto", "max_drop": MIXED_MAX_DROP if ptq.max_drop is None else ptq.max_drop,
-                   "max_float_layers": ptq.max_float_layers}
+        return {"keep_float": tuple(ptq.keep_float)}
+    return {"keep_float": "auto", "max_drop": MIXED_MAX_DROP if ptq.max_drop is None else ptq.max_drop,
+            "max_float_layers": ptq.max_float_layers}
 
 
 @dataclass

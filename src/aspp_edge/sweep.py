@@ -36,7 +36,7 @@ from typing import Any
 
 from .errors import ConfigError, choices_error
 from .evaluate.latency_table import OVERHEAD_GMACS, per_model_table, rows_table, separable_table, verdicts
-from .evaluate.plotting import place_labels
+from .evaluate.plotting import log_axes, place_labels
 from .fileio import write_text_atomic
 from .formats import BACKENDS, DEFAULT_BACKENDS, artifact_name, artifact_size, get_backend, manifest_path
 from .stages import Stage, StageBook
@@ -531,15 +531,7 @@ def latency_png(rows: list[dict[str, Any]], path: Path, *, title: str) -> None:
         ax.scatter([r["gmacs"] for r in pts], [r["latency_ms"]["median"] for r in pts], marker=markers.get(backend, "o"),
                    color=colors.get(precision, "k"), s=46, zorder=3, label=f"{backend} {precision}")
     if timed:
-        from matplotlib.ticker import FuncFormatter
-
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_formatter(plain)
-            axis.set_minor_formatter(plain)
-        ax.tick_params(which="minor", labelsize=7)
+        log_axes(ax)
         ax.legend(fontsize=8, loc="upper left")
     ax.set(xlabel="GMACs per image", ylabel="median latency (ms, each artifact in its own process)")
     untimed = sorted({f"{r['backend']} {r['precision']}" for r in rows if not r.get("latency_ms")})

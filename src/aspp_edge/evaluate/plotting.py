@@ -3,6 +3,21 @@
 from __future__ import annotations
 
 
+def log_axes(ax, *, y: bool = True) -> None:
+    """Log scale on x (and y), every major and minor tick labelled plainly: 0.4, 0.6, 1 rather than 4x10^-1."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    axes = (ax.xaxis, ax.yaxis) if y else (ax.xaxis,)
+    ax.set_xscale("log")
+    if y:
+        ax.set_yscale("log")
+    for axis in axes:
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain)
+    ax.tick_params(axis="both" if y else "x", which="minor", labelsize=7)
+
+
 def place_labels(ax, points: list[tuple[float, float, str]]) -> None:
     """Annotate each point with its label at the first candidate offset whose text box lies inside the
     axes and overlaps no label already placed and no marker; the last candidate when none is free."""

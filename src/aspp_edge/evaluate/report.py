@@ -21,7 +21,7 @@ from ..config import METHODS
 from ..fileio import atomic_path
 from .latency_table import INT8_MAX_LATENCY_RATIO, OVERHEAD_GMACS, overhead_note, per_model_table, rows_table  # noqa: F401
 from .latency_table import verdicts as deploy_verdicts
-from .plotting import place_labels
+from .plotting import log_axes, place_labels
 from .results import MIL_REFERENCE as INTERPRETED
 from .results import evaluated_by
 
@@ -292,13 +292,7 @@ def pareto_png(rows: list[dict[str, Any]], references: dict[str, dict[str, Any]]
         title += f"\nno latency (MIL reference interpreter): {', '.join(untimed)}"
     ax.set(xlabel="median latency (ms)", ylabel="val mIoU", title=title)
     if timed:
-        from matplotlib.ticker import FuncFormatter
-
-        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.4, 0.6, 1 rather than 4x10^-1
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="x", which="minor", labelsize=7)
+        log_axes(ax, y=False)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     place_labels(ax, [(r["latency_ms"]["median"], r["miou"], label(r, with_head)) for r in timed])  # after the layout: final positions
