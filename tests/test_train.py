@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from aspp_edge.checkpoint import load_model, read_checkpoint
+from aspp_edge.config import load_recipe
 from aspp_edge.data import build_dataset
 from aspp_edge.errors import CheckpointError, ConfigError
 from aspp_edge.fileio import state_dict_sha256
@@ -146,3 +147,33 @@ def test_class_count_check_skips_only_recipes_that_no_longer_validate(tmp_path, 
     monkeypatch.setattr(Recipe, "from_dict", classmethod(broken))
     with pytest.raises(ZeroDivisionError, match="a bug"):
         load_model(path, quick_recipe)
+
+
+def test_warmup_then_poly_schedule():
+    from aspp_edge.train import poly_lambda
+
+    f = poly_lambda(100, 1.0, warmup_steps=10)
+    assert [f(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])  # linear up to the peak
+    assert [f(s) for s in (10, 55, 100)] == pytest.approx([1.0, 0.5, 0.0])  # poly over the remaining 90 steps
+    assert poly_lambda(100, 1.0)(50) == pytest.approx(0.5)  # no warm-up: poly from step 0
+
+
+def test_ce_dice_loss_ignores_pixels_and_is_zero_when_perfect():
+    from aspp_edge.data import IGNORE_INDEX
+    from aspp_edge.train import make_criterion
+
+    torch.manual_seed(0)
+    target = torch.randint(0, 4, (2, 8, 8))
+    perfect = torch.full((2, 4, 8, 8), -30.0).scatter_(1, target.unsqueeze(1), 30.0)
+    loss = make_criterion("ce_dice")
+    assert loss(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+    wrong = perfect.roll(1, dims=1)  # every pixel confidently another class
+    assert loss(wrong, target).item() > 50  # cross-entropy ~60 plus Dice ~1
+    # ignored pixels change nothing, whatever the logits there
+    ignored = target.clone()
+    ignored[:, :4] = IGNORE_INDEX
+    noisy = perfect.clone()
+    noisy[:, :, :4] = torch.randn(2, 4, 4, 8) * 50
+    assert loss(noisy, ignored).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ConfigError, match=r"unknown train.loss 'focal'; valid choices: ce, ce_dice"):
+        load_recipe("quick").replace(train={"loss": "focal"})

@@ -104,6 +104,8 @@ class DataConfig:
 
 
 OPTIMIZERS = ("sgd", "adamw")
+# Training losses: cross-entropy, or cross-entropy plus soft Dice averaged over the classes (train.py).
+LOSSES = ("ce", "ce_dice")
 
 
 @dataclass(frozen=True)
@@ -115,12 +117,18 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 4e-5
     poly_power: float = 0.9
+    warmup_steps: int = 0  # linear LR warm-up from 0 before the poly decay
+    loss: str = "ce"
     seed: int = 0
     num_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise choices_error("train.optimizer", self.optimizer, OPTIMIZERS)
+        if self.loss not in LOSSES:
+            raise choices_error("train.loss", self.loss, LOSSES)
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps {self.warmup_steps!r} must be >= 0")
         if self.epochs < 0:
             raise ConfigError(f"train.epochs {self.epochs!r} must be >= 0 (0: use the model's weights as they are)")
         if self.batch_size < 1:

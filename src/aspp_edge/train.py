@@ -1,4 +1,5 @@
-"""Float training: poly LR, cross-entropy with ignore index, per-epoch val mIoU, checkpoints.
+"""Float training: poly LR (optionally after a linear warm-up), cross-entropy with ignore index
+(optionally plus soft Dice), per-epoch val mIoU, checkpoints.
 
 Runs as one process, or under `torchrun --nproc-per-node N` as DDP with no code change (gloo on
 CPU, NCCL on CUDA). Rank 0 writes the checkpoints and shows the progress bar; validation is
@@ -42,8 +43,36 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def poly_lambda(total_steps: int, power: float):
-    return lambda step: max(0.0, 1.0 - step / max(1, total_steps)) ** power
+def poly_lambda(total_steps: int, power: float, warmup_steps: int = 0):
+    """LR factor at `step`: linear from 1/warmup_steps to 1 over the warm-up, then poly decay to 0."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, 1.0 - (step - warmup_steps) / max(1, total_steps - warmup_steps)) ** power
+    return factor
+
+
+class CEDiceLoss(nn.Module):
+    """Cross-entropy plus soft Dice (1 - mean over classes of 2|P∩T| / (|P| + |T|), over the whole
+    batch, ignored pixels left out). Dice weighs every class's region equally whatever its pixel
+    count, where cross-entropy is dominated by the background and the largest objects."""
+
+    def __init__(self, ignore_index: int, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.ce = nn.CrossEntropyLoss(ignore_index=ignore_index)
+        self.ignore_index, self.smooth = ignore_index, smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = (target != self.ignore_index).unsqueeze(1)
+        probs = logits.float().softmax(1) * valid
+        onehot = nn.functional.one_hot(target.clamp(0, logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2) * valid
+        dims = (0, 2, 3)
+        dice = (2 * (probs * onehot).sum(dims) + self.smooth) / (probs.sum(dims) + onehot.sum(dims) + self.smooth)
+        return self.ce(logits, target) + (1 - dice.mean())
+
+
+def make_criterion(loss: str) -> nn.Module:
+    return CEDiceLoss(IGNORE_INDEX) if loss == "ce_dice" else nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
 
 
 @torch.no_grad()
@@ -96,8 +125,8 @@ def train(
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total, cfg.poly_power))
-    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total, cfg.poly_power, cfg.warmup_steps))
+    criterion = make_criterion(cfg.loss)
 
     start_epoch, history = 0, []
     if resume:
