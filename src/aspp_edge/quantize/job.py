@@ -20,7 +20,7 @@ from ..distributed import finish_distributed, init_distributed
 from ..errors import ConfigError, choices_error
 from ..fileio import sha256_file
 from ..train import evaluate_miou
-from . import QuantizedModel, quantize
+from . import QuantizedModel, fold_weights, quantize
 
 SQNR_IMAGES = 32  # val images whose logits the SQNR and agreement figures are computed on
 REPORT_IMAGES = 4  # calibration images for the per-layer report
@@ -84,7 +84,8 @@ def quantize_checkpoint(
         model, config, calibration=calib, train_set=build_dataset(recipe, "train") if method == "qat" else None,
         val_set=val, device=device, progress=progress,
     )
-    converted = qmodel.convert()
+    unfolded = qmodel.convert(fold_quantize=False)  # saved below; converted once (QAT's convert is slow)
+    converted = fold_weights(unfolded)
     float_miou = evaluate_miou(model, val, torch.device("cpu"), recipe.train.batch_size)
     int8_miou = evaluate_miou(converted, val, torch.device("cpu"), recipe.train.batch_size)
     images = torch.stack([val[i][0] for i in range(min(SQNR_IMAGES, len(val)))])
@@ -124,7 +125,7 @@ def quantize_checkpoint(
     program = Path(out_dir) / f"{name}_int8.pt2"
     reports = {"layers": layers, **({"sensitivity": report.to_dict()} if report is not None and (sensitivity or config.auto_float) else {})}
     if ctx.main:
-        qmodel.save(out_dir, name, reports=reports)
+        qmodel.save(out_dir, name, reports=reports, converted=unfolded)
     finish_distributed(ctx)
     return QuantizeResult(
         program=program, method=method, float_miou=float_miou, int8_miou=int8_miou,
