@@ -3,13 +3,14 @@ training, PTQ/QAT, all three exports (loaded back in their runtimes), manifests 
 
 Setup of the export tests in `make test` (`test_brought_model_to_every_backend`): torchvision
 LR-ASPP and DeepLabV3 (MobileNetV3-Large), SMP DeepLabV3+ (MobileNetV2 encoder) and a factory
-written here, each trained BROUGHT_EPOCHS epochs on TRAIN_SIZE scenes of the quick recipe's
-synthetic data at BROUGHT_SIZE x BROUGHT_SIZE (6 classes, AdamW, lr 0.01), then PTQ'd (minmax, on
-the calibration images) and QAT'd (QAT_STEPS steps), each program exported to ExecuTorch, TFLite and
-Core ML and loaded back; on VAL_IMAGES val images every int8 artifact must agree with the float
-model on >= 99% of pixels with logits SQNR >= 15 dB. So briefly trained, the MobileNetV3-Large
-models predict mostly background (confident, but nearly one class), so their agreement is easy and
-the SQNR floor is the check that could fail. The slow test (`-m slow`) trains the quick recipe as
+written here, each trained on the quick recipe's synthetic data at BROUGHT_SIZE x BROUGHT_SIZE
+(6 classes, AdamW, lr 0.01; BROUGHT_EPOCHS epochs on TRAIN_SIZE scenes, SMP SMP_EPOCHS on
+SMP_TRAIN_SIZE), then PTQ'd (minmax, on the calibration images) and QAT'd (QAT_STEPS steps), each
+program exported to ExecuTorch, TFLite and Core ML and loaded back; on VAL_IMAGES val images every
+int8 artifact must agree with the float model on >= 99% of pixels with logits SQNR >= 15 dB. So
+briefly trained, the torchvision models and the factory predict only background (val mIoU 0.128),
+so their agreement is trivially 1.0 and the SQNR floor is the check that could fail (they measure
+40-49 dB); SMP's model is past that (checked: float mIoU above BACKGROUND_ONLY_MIOU). The slow test (`-m slow`) trains the quick recipe as
 it is (8 epochs, 512 scenes at 64x64: models with confident pixels of several classes) and holds
 every method x backend x precision to the same floors, fp32 exports included.
 
@@ -39,6 +40,10 @@ HERE = __name__  # importable as a module path: the factories below are `tests.t
 FACTORY = f"{HERE}:tiny_segmenter"
 NUM_CLASSES = 6  # the quick recipe's synthetic data
 BROUGHT_EPOCHS, TRAIN_SIZE, VAL_IMAGES, BROUGHT_SIZE, QAT_STEPS = 2, 128, 16, 32, 4
+# SMP's DeepLabV3+ learns in minutes here: 4 epochs on 512 scenes take it past background-only
+# (val mIoU 0.18 against 0.128 for all-background), so its agreement check sees several classes.
+# The torchvision MobileNetV3-Large models still predict only background after that (at 64x64 too).
+SMP_EPOCHS, SMP_TRAIN_SIZE, BACKGROUND_ONLY_MIOU = 4, 512, 0.13
 # int8 artifact vs the float model (argmax agreement over VAL_IMAGES val images). The issue asks
 # >= 0.99 where the model is trained enough to have confident pixels (see the module docstring).
 INT8_AGREEMENT = 0.99
@@ -267,8 +272,9 @@ class Brought:
         quick = load_recipe("quick").replace(model={"source": source, "args": args})
         if self.full:
             return quick
-        return quick.replace(data={"train_size": TRAIN_SIZE, "resolution": BROUGHT_SIZE}, train={"epochs": BROUGHT_EPOCHS},
-                             qat={"steps": QAT_STEPS})
+        smp = source.startswith("smp:")
+        return quick.replace(data={"train_size": SMP_TRAIN_SIZE if smp else TRAIN_SIZE, "resolution": BROUGHT_SIZE},
+                             train={"epochs": SMP_EPOCHS if smp else BROUGHT_EPOCHS}, qat={"steps": QAT_STEPS})
 
     def checkpoint(self, source: str, args: dict):
         from aspp_edge.train import train
@@ -357,6 +363,8 @@ def test_brought_model_to_every_backend(source, args, method, brought, tmp_path)
     print(f"{source} {method}: float mIoU {q.float_miou:.4f}, program agreement {q.agreement:.4f}, SQNR {q.sqnr_db:.1f} dB; "
           + ", ".join(f"{b} {a:.4f} {db:.1f} dB" for (b, _), (a, _m, _a, _by, db) in results.items()))
     assert set(results) == {(b, "int8") for b in BACKENDS}
+    if source.startswith("smp:"):
+        assert q.float_miou > BACKGROUND_ONLY_MIOU, f"SMP float mIoU {q.float_miou:.4f}: background only, the agreement check says little"
     for (backend, precision), (agreement, manifest, artifact, by, db) in results.items():
         _check_manifest(manifest, source, args)
         assert manifest["method"] == method
