@@ -149,9 +149,9 @@ def deploy_rows(recipe, float_layers: list[str], size: int, work: Path, args) ->
     from aspp_edge.export import ExportSource
     from aspp_edge.models import model_from_recipe
     from aspp_edge.quantize import quantize
+    from aspp_edge.sweep import at_deploy_size
 
-    drecipe = recipe.replace(name=f"{recipe.name}_{size}", data={"resolution": size}, deploy=None,
-                             ptq={"calib_size": 8, "batch_size": 4, "keep_float": [], "max_drop": None, "max_float_layers": None})
+    drecipe = at_deploy_size(recipe, size, 8, name=f"{recipe.name}_{size}")
     torch.manual_seed(0)
     model = model_from_recipe(drecipe).eval()
     calib_set, split = calibration_dataset(drecipe)

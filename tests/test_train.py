@@ -156,6 +156,8 @@ def test_warmup_then_poly_schedule():
     assert [f(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])  # linear up to the peak
     assert [f(s) for s in (10, 55, 100)] == pytest.approx([1.0, 0.5, 0.0])  # poly over the remaining 90 steps
     assert poly_lambda(100, 1.0)(50) == pytest.approx(0.5)  # no warm-up: poly from step 0
+    with pytest.raises(ConfigError, match=r"^train.warmup_steps -1 must be >= 0$"):
+        load_recipe("quick").replace(train={"warmup_steps": -1})
 
 
 def test_ce_dice_loss_ignores_pixels_and_is_zero_when_perfect():

@@ -276,6 +276,14 @@ DEPLOY_BACKENDS = ("executorch", "tflite", "coreml")  # what a run's deploy sect
 DEPLOY_DIR = "deploy"
 
 
+def at_deploy_size(recipe, resolution: int, calib_size: int, *, name: str, model: dict[str, Any] | None = None):
+    """`recipe` for timing its architecture at `resolution`: full-int8 PTQ calibrated on `calib_size`
+    images (no float layers), no deploy section of its own; `model`: overrides of the model section."""
+    return recipe.replace(name=name, model=model or {}, data={"resolution": resolution}, deploy=None,
+                          ptq={"calib_size": calib_size, "batch_size": min(4, calib_size), "keep_float": [], "max_drop": None,
+                               "max_float_layers": None})
+
+
 def deploy_plan(entries: list[tuple[str, Any]], backends: list[str], out: Path, *, threads: int | None):
     """A run's `deploy:` section: (stages, collect), where the stages build, calibrate, export and
     time each entry's architecture at the deploy size into OUT/deploy/<key>/ (keys `deploy/...`),
@@ -295,10 +303,7 @@ def deploy_plan(entries: list[tuple[str, Any]], backends: list[str], out: Path, 
         else:
             models.append(SweepModel(key, key, head=recipe.model.head, backbone=recipe.model.backbone))
             model = {"width_mult": float(width)}
-        recipes[key] = recipe.replace(
-            name=f"{recipe.name}_{DEPLOY_DIR}", model=model, data={"resolution": deploy.resolution}, deploy=None,
-            ptq={"calib_size": deploy.calib_size, "batch_size": min(4, deploy.calib_size), "keep_float": [], "max_drop": None,
-                 "max_float_layers": None})
+        recipes[key] = at_deploy_size(recipe, deploy.resolution, deploy.calib_size, name=f"{recipe.name}_{DEPLOY_DIR}", model=model)
     first = entries[0][1]
     config = SweepConfig(models=tuple(m.source or f"{m.head}@{m.backbone}" for m in models), backbone=first.model.backbone,
                          size=deploy.resolution, width=float(width), classes=first.num_classes, output_stride=first.model.output_stride,

@@ -84,20 +84,15 @@ class QuantizedModel:
         return pt2
 
 
-_QUANTIZE_OPS = (
-    torch.ops.quantized_decomposed.quantize_per_tensor.default,
-    torch.ops.quantized_decomposed.quantize_per_tensor.tensor,
-    torch.ops.quantized_decomposed.quantize_per_channel.default,
-)
-
-
 def fold_weights(converted: GraphModule, *, inplace: bool = False) -> GraphModule:
     """What convert_pt2e's `fold_quantize=True` adds to a `fold_quantize=False` program: the weights'
     quantize ops constant-folded into int8 tensors (on a copy unless `inplace`)."""
     from torchao.quantization.pt2e.constant_fold import constant_fold
 
+    from .sensitivity import Q_CHANNEL, Q_TENSOR
+
     folded = converted if inplace else copy.deepcopy(converted)
-    constant_fold(folded, lambda n: n.op == "call_function" and n.target in _QUANTIZE_OPS)
+    constant_fold(folded, lambda n: n.op == "call_function" and (n.target in Q_TENSOR or n.target in Q_CHANNEL))
     return folded
 
 
