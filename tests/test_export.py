@@ -426,3 +426,29 @@ def test_conv_mac_fraction_is_unknown_without_counted_convs():
     assert info["conv_macs_total"] == 0 and info["conv_mac_fraction"] is None and info["nodes_delegated"] > 0, info
     _, info = to_pte(torch.nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 8, 8))
     assert info["conv_macs_total"] == 4 * 6 * 6 * 3 * 3 * 3 and info["conv_mac_fraction"] == 1.0, info
+
+
+def test_shared_provenance_writes_the_same_pte_and_restores_torch():
+    """export() lowers inside `shared_provenance` (node histories shared, not deep-copied: a third of
+    the XNNPACK lowering time); the .pte is byte for byte what the plain lowering writes, and torch's
+    NodeSource is itself again afterwards, even when the lowering fails."""
+    from torch.fx import traceback as fx_traceback
+
+    from aspp_edge.export.common import folded, shared_provenance
+    from aspp_edge.export.executorch import to_pte
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    program = folded(quantize(model, PTQConfig(observer="minmax"), calibration=[x]).convert(fold_quantize=False))
+    original = fx_traceback.NodeSource.__init__
+    plain, _ = to_pte(program, x[:1])
+    with shared_provenance():
+        assert fx_traceback.NodeSource.__init__ is not original
+        shared, info = to_pte(program, x[:1])
+    assert shared == plain and info["partitions"] == 1
+    assert fx_traceback.NodeSource.__init__ is original
+    with pytest.raises(RuntimeError, match="boom"), shared_provenance():
+        raise RuntimeError("boom")
+    assert fx_traceback.NodeSource.__init__ is original

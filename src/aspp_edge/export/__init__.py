@@ -29,6 +29,7 @@ from ..fileio import atomic_path, sha256_file
 from ..formats import BACKENDS, Backend, artifact_name, artifact_sha256, artifact_size, get_backend
 from ..formats.manifest import build_manifest, manifest_path, read_manifest
 from ..models.fold import fold_batchnorm
+from .common import shared_provenance
 
 __all__ = ["BACKENDS", "ExportSource", "artifact_name", "artifact_sha256", "artifact_size", "check_choice", "export", "export_backends",
            "from_checkpoint", "from_quantized", "manifest_path", "read_manifest"]
@@ -164,7 +165,8 @@ def export(
     with torch.no_grad(), contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(artifact))
         tmp_manifest = stack.enter_context(atomic_path(manifest_path(artifact)))
-        written = b.write(module, source, precision, tmp, layout=layout, io_dtype=io_dtype, **(options or {}))
+        with shared_provenance():
+            written = b.write(module, source, precision, tmp, layout=layout, io_dtype=io_dtype, **(options or {}))
         manifest = build_manifest(
             artifact, backend=backend, precision=precision, method=source.method_for(precision), recipe=source.recipe,
             model_config=source.model_config, input_spec=written.input_spec, output_spec=written.output_spec,

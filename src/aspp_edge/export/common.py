@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,38 @@ def folded(program: torch.fx.GraphModule) -> torch.fx.GraphModule:
     out = copy.deepcopy(program)
     constant_fold(out, _quant_node_constraint)
     return out
+
+
+@contextlib.contextmanager
+def shared_provenance() -> Iterator[None]:
+    """Lower with node provenance shared, not deep-copied: every FX pass of a lowering (ExecuTorch's
+    XNNPACK passes, litert-torch's, coremltools') builds a `torch.fx.traceback.NodeSource` per node
+    it rewrites, which deep-copies that node's whole `from_node` history; the history grows with
+    every pass, so the copies alone took 10 of the 34 s of XNNPACK-lowering the quick int8 program
+    (cProfile). The records are never changed after they are made, so new ones here point at the old
+    history (a new list of the same records) instead of copying it. Written artifacts are the same
+    bytes (tests/test_export.py checks a .pte both ways)."""
+    from torch.fx import traceback as fx_traceback
+
+    original = fx_traceback.NodeSource.__init__
+
+    def init(self, node, pass_name: str = "", action=None) -> None:
+        history = node.meta.get("from_node") if node is not None else None
+        if history is None:
+            original(self, node, pass_name, action)
+            return
+        node.meta["from_node"] = []  # nothing for the original to copy
+        try:
+            original(self, node, pass_name, action)
+        finally:
+            node.meta["from_node"] = history
+        self.from_node = list(history)
+
+    fx_traceback.NodeSource.__init__ = init
+    try:
+        yield
+    finally:
+        fx_traceback.NodeSource.__init__ = original
 
 
 def io_specs(source: ExportSource, layout: str, *, kind: str = "tensor", quant_in=None, quant_out=None,
