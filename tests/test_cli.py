@@ -41,3 +41,14 @@ def test_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert err.startswith("aspp-edge: error: ") and message in err and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "quantize", "export", "sweep", "bench", "train"])
+def test_help_says_each_default_once(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in text and "(default: False)" not in text
+    for option in re.split(r"\s(?=--[a-z])", text):  # each option's help: at most one "(default"
+        assert option.count("(default") <= 1, option
+    assert "(default: 50)" in text or command != "run"  # a real default is still said

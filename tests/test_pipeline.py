@@ -201,3 +201,35 @@ def test_recipe_that_cannot_run_is_refused(tmp_path, capsys):
     assert main(["run", "--recipe", str(path), "--out", str(tmp_path / "o")]) == 2
     assert "not divisible by model.output_stride 16" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_stage_bodies_print_to_the_log_and_progress_bars_stay(tmp_path, capsys):
+    """Third-party chatter (litert-torch's converter progress on stdout, coremltools' pass bars on
+    stderr, warnings) goes to the run's log; the stage lines and our own bars stay on the terminal."""
+    import sys
+    import warnings
+
+    from aspp_edge.console import progress_bar, progress_line
+    from aspp_edge.stages import StageBook
+
+    book = StageBook(tmp_path, "r", force=False)
+    book.log, book.chatter = print, tmp_path / "run.log"
+
+    def body():
+        print("(00:01) [START] LiteRT-Torch Convert")
+        print("Running MIL default pipeline: 50%", file=sys.stderr)
+        warnings.warn("a converter's warning", UserWarning)
+        for _ in progress_bar(range(2), desc="our bar"):
+            pass
+        progress_line("epoch 1/1: loss 0.5")
+        (tmp_path / "x").write_text("")
+
+    assert book.run("s", {}, [tmp_path / "x"], body)
+    out, err = capsys.readouterr()
+    assert "LiteRT-Torch" not in out + err and "Running MIL" not in out + err and "a converter's warning" not in out + err
+    assert "s: running (new)" in out and "s: ran in" in out and "our bar" in err and "epoch 1/1: loss 0.5" in err
+    log = (tmp_path / "run.log").read_text()
+    assert "[START] LiteRT-Torch Convert" in log and "Running MIL default pipeline" in log
+    assert "UserWarning: a converter's warning" in log and "our bar" not in log
+    print("after", file=sys.stderr)  # nothing left redirected
+    assert "after" in capsys.readouterr().err

@@ -465,8 +465,19 @@ def _add_demo(sub, fmt) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each default said once: an option whose help already names its default, or whose default is
+    None or False (unset, or a flag), gets no "(default: ...)" appended."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(prog="aspp-edge", description=__doc__, formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_list(sub, fmt)

@@ -163,7 +163,7 @@ def run(
     book = StageBook(out, recipe.name, force=force)
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
-    book.log = _logger(out, lines)
+    book.log, book.chatter = _logger(out, lines), out / LOG_FILE
     book.log(f"== run {_now()} recipe {recipe.name}: heads {','.join(k for k, _ in entries)}; "
              f"backends {','.join(backends)}; methods {','.join(methods)}")
     bodies = _Bodies(recipe=recipe, out=out, threads=threads, runs=runs, warmup=warmup, progress=progress)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .console import chatter_to
 from .errors import ConfigError
 from .fileio import atomic_path
 
@@ -51,6 +52,7 @@ class StageBook:
 
     def __init__(self, out: Path, name: str, *, force: bool, log: Callable[[str], None] = lambda line: None) -> None:
         self.out, self.path, self.log = out, out / STATE_FILE, log
+        self.chatter: Path | None = None  # where stage bodies' stdout and warnings go (chatter_to)
         self.state: dict[str, Any] = {"recipe": name, "stages": {}}
         if self.path.is_file():
             try:
@@ -90,7 +92,8 @@ class StageBook:
         self.state["stages"][key] = {"inputs": digest, "done": False}
         self._save()
         started = time.perf_counter()
-        fn(resume=why == "resumed") if resumable else fn()
+        with chatter_to(self.chatter):
+            fn(resume=why == "resumed") if resumable else fn()
         seconds = time.perf_counter() - started
         self.state["stages"][key] = {"inputs": digest, "done": True, "stamp": uuid.uuid4().hex, "seconds": round(seconds, 2)}
         self._save()

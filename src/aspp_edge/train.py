@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
-from tqdm import tqdm
+from .console import progress_bar, progress_line
 
 from .checkpoint import load_state, read_checkpoint, save_checkpoint
 from .config import Recipe, recipe_differences
@@ -153,7 +153,7 @@ def train(
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         net.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and ctx.main), leave=False)
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and ctx.main), leave=False)
         loss_sum, steps = 0.0, 0
         for images, masks in bar:
             images = images.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -168,7 +168,7 @@ def train(
         miou = evaluate_miou(model, val_set, dev, cfg.batch_size, ctx)
         history.append({"epoch": epoch + 1, "loss": loss_sum / max(1, steps), "val_miou": miou})
         if progress and ctx.main:
-            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / max(1, steps):.4f}  val mIoU {miou:.4f}")
+            progress_line(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / max(1, steps):.4f}  val mIoU {miou:.4f}")
         if ctx.main:
             save_checkpoint(out / LAST, {
                 "state_dict": model.state_dict(), "recipe": recipe.to_dict(), "epoch": epoch + 1, "history": history,
@@ -187,8 +187,6 @@ def train(
     finish_distributed(ctx)
     result = TrainResult(final, miou, seconds, str(dev), ctx.world, history)
     if progress and ctx.main:
-        print(
-            f"trained {recipe.name}: {model_label(recipe.model)}, "
-            f"{cfg.epochs} epochs, {seconds:.0f} s on {dev} x{ctx.world}; val mIoU {miou:.4f} -> {final}"
-        )
+        progress_line(f"trained {recipe.name}: {model_label(recipe.model)}, "
+                      f"{cfg.epochs} epochs, {seconds:.0f} s on {dev} x{ctx.world}; val mIoU {miou:.4f} -> {final}")
     return result

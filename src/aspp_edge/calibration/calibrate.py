@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
+from ..console import progress_bar
 
 from ..config import MIN_CALIB_SIZE
 from ..errors import ConfigError
@@ -32,7 +32,7 @@ def calibration_batches(dataset: Dataset, size: int, batch_size: int, *, seed: i
 def calibrate(prepared: torch.nn.Module, batches: Iterable[torch.Tensor], *, progress: bool = False) -> int:
     """Run `batches` through a prepared (observed) model; returns the number of images seen."""
     seen = 0
-    for batch in tqdm(list(batches), desc="calibrate", disable=not progress, leave=False):
+    for batch in progress_bar(list(batches), desc="calibrate", disable=not progress, leave=False):
         prepared(batch)
         seen += batch.shape[0]
     if seen == 0:

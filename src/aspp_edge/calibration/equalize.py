@@ -27,13 +27,13 @@ over all of them, and every consumer's input channel i is scaled by the same s_i
 from __future__ import annotations
 
 import copy
-import sys
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual as V2Block
 
+from ..console import progress_line
 from ..models.aspp import ASPP, LRASPP, ImagePooling, SeparableAtrousConv
 from ..models.fold import fold_batchnorm
 from ..models.segmenter import Segmenter
@@ -150,7 +150,7 @@ def equalize(model: nn.Module, report: EqualizeReport | None = None) -> nn.Modul
         report.pairs = len(groups)
         if not groups:
             report.note = NO_CHAINS
-            print(f"{NO_CHAINS} in {getattr(model, 'source', type(model).__name__)}: PTQ goes on without it", file=sys.stderr)
+            progress_line(f"{NO_CHAINS} in {getattr(model, 'source', type(model).__name__)}: PTQ goes on without it", err=True)
         _sweep(groups)
         return model
     groups: list[tuple[nn.Conv2d, list[nn.Conv2d]]] = []

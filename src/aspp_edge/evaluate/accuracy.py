@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from ..console import progress_bar
 
 from ..metrics import confusion_matrix, mean_iou, pixel_accuracy
 
@@ -68,7 +68,7 @@ def float_reference(model: nn.Module, dataset: Dataset, *, device: torch.device 
     num_classes = dataset.num_classes
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     logits = []
-    for images, masks in tqdm(_loader(dataset, batch_size), desc="float reference", disable=not progress, leave=False):
+    for images, masks in progress_bar(_loader(dataset, batch_size), desc="float reference", disable=not progress, leave=False):
         out = model(images.to(device)).float().cpu()
         cm += confusion_matrix(out.argmax(1), masks, num_classes)
         logits.append(out.numpy())
@@ -88,7 +88,7 @@ def evaluate(runner, dataset: Dataset, reference: Reference, *, batch_size: int 
     predicted = []
     mask_dtype = np.uint8 if num_classes <= 256 else np.int32
     start = 0
-    bar = tqdm(_loader(dataset, batch_size), desc=f"eval {runner.path.name}", disable=not progress, leave=False)
+    bar = progress_bar(_loader(dataset, batch_size), desc=f"eval {runner.path.name}", disable=not progress, leave=False)
     for images, masks in bar:
         out = runner.predict(images)
         ref = reference.logits[start : start + len(images)]

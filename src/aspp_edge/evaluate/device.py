@@ -218,9 +218,9 @@ def bench_device(artifacts: list[str | Path], *, tflite_benchmark: str | None = 
         device.push(local, f"{REMOTE_DIR}/{BINARIES[suffix]}")
         device.shell(f"chmod +x {shlex.quote(f'{REMOTE_DIR}/{BINARIES[suffix]}')}")
     rows = []
-    from tqdm import tqdm
+    from ..console import progress_bar
 
-    for path in tqdm(paths, desc="bench-device", disable=not progress):
+    for path in progress_bar(paths, desc="bench-device", disable=not progress):
         remote = f"{REMOTE_DIR}/{path.name}"
         if path.is_dir():
             raise DeviceError(f"{path.name} is a directory; bench-device pushes .pte and .tflite files")

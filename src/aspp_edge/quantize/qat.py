@@ -21,7 +21,7 @@ from torch.fx import GraphModule
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchao.quantization.pt2e import disable_observer, move_exported_model_to_eval, move_exported_model_to_train
 from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-from tqdm import tqdm
+from ..console import progress_bar
 
 from ..config import QATConfig
 from ..data import IGNORE_INDEX
@@ -107,7 +107,7 @@ def qat(
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     num_classes = getattr(train_set, "num_classes", None)
     cm = None
-    bar = tqdm(itertools.islice(loader, config.steps), total=config.steps, desc="qat", disable=not (progress and ctx.main), leave=False)
+    bar = progress_bar(itertools.islice(loader, config.steps), total=config.steps, desc="qat", disable=not (progress and ctx.main), leave=False)
     for step, (images, masks) in enumerate(bar):
         if step == config.bn_freeze_at:
             freeze_bn_stats(prepared)

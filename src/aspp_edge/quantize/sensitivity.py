@@ -39,7 +39,7 @@ from torch import nn
 from torch.fx import Graph, GraphModule, Node
 from torch.utils.data import Dataset
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-from tqdm import tqdm
+from ..console import progress_bar
 
 from ..calibration.report import sqnr_db
 from .quantizers import BN_TARGETS, RELU6_TARGETS, SHARED_RANGE_TARGETS, WEIGHTED_TARGETS, layer_name
@@ -270,7 +270,7 @@ def analyze(
         reference = torch.cat([model.eval()(b) for b in images.split(batch_size)])
     full_sqnr, full_agree = _compare(reference, planner.variant(set()), images, batch_size)
     rows = []
-    for name in tqdm(layers, desc="sensitivity", unit="layer", disable=not progress, leave=False):
+    for name in progress_bar(layers, desc="sensitivity", unit="layer", disable=not progress, leave=False):
         s8, a8 = _compare(reference, planner.alone_int8(name), images, batch_size)
         sf, af = _compare(reference, planner.alone_float(name), images, batch_size)
         rows.append(LayerSensitivity(name, s8, a8, sf, af))
@@ -282,7 +282,7 @@ def analyze(
         if float_miou is None:
             float_miou = evaluate_miou(model, val, torch.device("cpu"), batch_size)
         full_drop = miou_drop(planner.variant(set()), val, float_miou, batch_size)
-        for row in tqdm(rows[:top], desc="sensitivity mIoU", unit="layer", disable=not progress, leave=False):
+        for row in progress_bar(rows[:top], desc="sensitivity mIoU", unit="layer", disable=not progress, leave=False):
             row.alone_int8_miou_drop = miou_drop(planner.alone_int8(row.layer), val, float_miou, batch_size)
             row.alone_float_miou_drop = miou_drop(planner.alone_float(row.layer), val, float_miou, batch_size)
     return SensitivityReport(
@@ -326,7 +326,7 @@ def choose_float_layers(
     drop = miou_drop(planner.variant(set()), val, float_miou, batch_size)
     steps = [{"float_layers": [], "miou_drop": drop}]
     cap = len(ranking) if max_float_layers is None else min(max_float_layers, len(ranking))
-    bar = tqdm(total=cap, desc="keep_float auto", unit="layer", disable=not progress, leave=False)
+    bar = progress_bar(total=cap, desc="keep_float auto", unit="layer", disable=not progress, leave=False)
     while drop > max_drop and len(chosen) < cap:
         chosen.append(ranking[len(chosen)])
         drop = miou_drop(planner.variant(set(chosen)), val, float_miou, batch_size)
