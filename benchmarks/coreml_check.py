@@ -24,6 +24,7 @@ from aspp_edge.checkpoint import load_model
 from aspp_edge.config import load_recipe
 from aspp_edge.data import build_dataset
 from aspp_edge.metrics import logits_sqnr_db, pixel_agreement
+from aspp_edge.evaluate.report import provenance
 from aspp_edge.fileio import write_text_atomic
 from aspp_edge.quantize import load_quantized
 
@@ -69,7 +70,8 @@ def main() -> None:
         for m in ("ptq", "qat"):
             cells += [f"{r[f'{m}_vs_program']:.4f} ({r[f'{m}_sqnr_db']:.1f})", f"{r[f'{m}_vs_executorch']:.4f} / {r[f'{m}_vs_tflite']:.4f}"]
         print(f"| {r['head']} | " + " | ".join(cells) + " |")
-    write_text_atomic(args.out, json.dumps({"run": str(args.run), "recipe": recipe.name, "images": len(images), "rows": rows}, indent=2))
+    write_text_atomic(args.out, json.dumps({**provenance(), "run": str(args.run), "recipe": recipe.name, "images": len(images), "rows": rows},
+                                           indent=2))
 
 
 if __name__ == "__main__":

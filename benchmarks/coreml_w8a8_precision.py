@@ -32,6 +32,7 @@ from aspp_edge.config import load_recipe
 from aspp_edge.data import build_dataset
 from aspp_edge.metrics import logits_sqnr_db, pixel_agreement
 from aspp_edge.export import coreml
+from aspp_edge.evaluate.report import provenance
 from aspp_edge.fileio import write_text_atomic
 from aspp_edge.quantize import load_quantized
 from aspp_edge.runtime.mil import MILProgram
@@ -108,7 +109,7 @@ def main() -> None:
     for name, y in logits.items():
         rows.append({"artifact": name, "agreement_vs_program": pixel_agreement(y, reference), "sqnr_db_vs_program": logits_sqnr_db(y, reference),
                      "agreement_vs_pte": pixel_agreement(y, pte)})
-    result = {"run": str(args.run), "recipe": recipe.name, "head": head, "method": args.method, "images": len(images),
+    result = {**provenance(), "run": str(args.run), "recipe": recipe.name, "head": head, "method": args.method, "images": len(images),
               "shipped_package": fp16_census(shipped), "fp32_package": fp32_census, "rows": rows}
     print(f"\n{head} {args.method}, {len(images)} val images; against the PyTorch int8 program\n")
     print("| artifact | agreement | SQNR dB | agreement vs .pte |\n|---|---|---|---|")

@@ -23,6 +23,7 @@ from aspp_edge.checkpoint import load_model
 from aspp_edge.data import build_dataset
 from aspp_edge.evaluate.accuracy import evaluate, float_reference
 from aspp_edge.metrics import logits_sqnr_db
+from aspp_edge.evaluate.report import provenance
 from aspp_edge.fileio import write_text_atomic
 
 
@@ -35,7 +36,7 @@ def main() -> None:
     model, recipe, _ = load_model(args.checkpoint)
     val = build_dataset(recipe, "val")
     devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
-    refs, result = {}, {"checkpoint": args.checkpoint, "recipe": recipe.name, "images": len(val), "torch": torch.__version__,
+    refs, result = {}, {**provenance(), "checkpoint": args.checkpoint, "recipe": recipe.name, "images": len(val), "torch": torch.__version__,
                         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "references": {}, "artifacts": []}
     for device in devices:
         started = time.perf_counter()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import shlex
 import sys
 import time
@@ -31,18 +30,13 @@ from aspp_edge.data import calibration_dataset
 from aspp_edge.evaluate.latency import measure
 from aspp_edge.export import ExportSource, artifact_name, export
 from aspp_edge.formats.manifest import read_manifest, tool_versions
+from aspp_edge.evaluate.report import git_describe, machine_line
 from aspp_edge.fileio import write_text_atomic
 from aspp_edge.models.stats import model_stats
 from aspp_edge.quantize import quantize
 from aspp_edge.runtime.litert import xnnpack_delegation
 
 
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    import os
-
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
 
 
 def build(base, key: str, args):
@@ -105,7 +99,7 @@ def main() -> None:
         print(f"{key}: {time.perf_counter() - started:.0f} s", flush=True)
     header = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "machine": machine(), "date": datetime.date.today().isoformat(), "versions": tool_versions(),
+        "git": git_describe(), "machine": machine_line(), "date": datetime.date.today().isoformat(), "versions": tool_versions(),
         "config": {"size": args.size, "width": args.width, "output_stride": args.output_stride, "threads": args.threads,
                    "runs": args.runs, "recipe": args.recipe, "classes": base.num_classes},
         "note": "one run; each artifact timed in its own process; random weights, PTQ ranges from the recipe's calib images",
@@ -118,7 +112,7 @@ def main() -> None:
 def render(header: dict, rows: list[dict]) -> str:
     lines = [f"# Deploy-size latency ({header['config']['size']}x{header['config']['size']}, width {header['config']['width']}, "
              f"OS{header['config']['output_stride']}, {header['config']['threads']} threads)", "",
-             f"- command: `{header['command']}`", f"- machine: {header['machine']}; date {header['date']}",
+             f"- command: `{header['command']}` (code {header['git']})", f"- machine: {header['machine']}; date {header['date']}",
              f"- versions: {', '.join(f'{k} {v}' for k, v in header['versions'].items())}", f"- {header['note']}", "",
              "| model | GMACs | runtime | fp32 ms | int8 ms | int8/fp32 | int8 graph |", "|---|---|---|---|---|---|---|"]
     by = {(r["model"], r["backend"], r["precision"]): r for r in rows}

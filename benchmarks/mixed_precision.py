@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -42,6 +40,7 @@ from aspp_edge.errors import AsppEdgeError
 from aspp_edge.evaluate.accuracy import evaluate, float_reference
 from aspp_edge.evaluate.latency import measure
 from aspp_edge.export import artifact_size, export, from_checkpoint, from_quantized
+from aspp_edge.evaluate.report import git_describe, machine_line
 from aspp_edge.fileio import write_text_atomic
 from aspp_edge.formats.manifest import read_manifest, tool_versions
 from aspp_edge.quantize.job import quantize_checkpoint
@@ -49,10 +48,6 @@ from aspp_edge.quantize.job import quantize_checkpoint
 FLOAT = {"executorch": "fp32", "tflite": "fp32", "coreml": "fp16"}
 
 
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
 
 
 def main() -> None:
@@ -105,7 +100,9 @@ def main() -> None:
             logits[backend, label] = acc.masks
             try:
                 lat = measure(path, threads=args.threads, runs=args.runs).median_ms
-            except AsppEdgeError as exc:  # Core ML off macOS
+            except AsppEdgeError as exc:  # Core ML off macOS, and only that: another backend's failure stops the run
+                if backend != "coreml":
+                    raise
                 lat, why = None, str(exc).split(":", 1)[0]
             manifest = read_manifest(path)
             rows.append({
@@ -123,7 +120,7 @@ def main() -> None:
         for a, b in (("executorch", "tflite"), ("executorch", "coreml"), ("tflite", "coreml")):
             cross[f"{label}: {a} vs {b}"] = float((logits[a, label] == logits[b, label]).mean())
     header = {
-        "command": command, "machine": machine(), "date": datetime.date.today().isoformat(), "versions": tool_versions(),
+        "command": command, "git": git_describe(), "machine": machine_line(), "date": datetime.date.today().isoformat(), "versions": tool_versions(),
         "recipe": recipe.name, "checkpoint": str(args.checkpoint), "float_miou": reference.miou, "val_images": len(val),
         "max_drop": None if args.keep_float else args.max_drop, "float_layers": mixed.float_layers,
         "keep_float_auto": mixed.keep_float_auto, "program_miou_drop": mixed.miou_drop_points,
@@ -176,7 +173,7 @@ def deploy_rows(recipe, float_layers: list[str], size: int, work: Path, args) ->
 
 def render(r: dict, sensitivity_table: str) -> str:
     lines = [f"# Mixed precision vs full int8 vs float ({r['recipe']} recipe)", "",
-             f"- command: `{r['command']}`", f"- machine: {r['machine']}; date {r['date']}; one run",
+             f"- command: `{r['command']}` (code {r['git']})", f"- machine: {r['machine']}; date {r['date']}; one run",
              f"- versions: {', '.join(f'{k} {v}' for k, v in r['versions'].items())}",
              f"- float val mIoU {r['float_miou']:.4f} on {r['val_images']} val images; latency: median of {r['runs']} runs, "
              f"each artifact in a fresh process, {r['threads'] or 'default'} threads",

@@ -225,7 +225,7 @@ def validate(doc: dict[str, Any], where: str = "sweep.json") -> None:
 
 def sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True, force: bool = False) -> SweepResult:
     """Build, calibrate, export and time every model of `config` into `out_dir`; resumable stage by stage."""
-    from tqdm import tqdm
+    from .console import progress_bar
 
     started = time.perf_counter()
     models = config.parsed_models()
@@ -242,7 +242,7 @@ def sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True, fo
         with open(out / "sweep.log", "a") as f:
             f.write(line + "\n")
 
-    book.log = log
+    book.log, book.chatter = log, out / "sweep.log"
     log(f"== sweep {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}: {config.command()}")
 
     ctx = _Sweep(config, out)
@@ -259,7 +259,7 @@ def sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True, fo
     plan.append(Stage("report", {"v": STAGE_VERSIONS["report"], "config": config.to_dict()}, list(paths.values()),
                       lambda: ctx.write_report(models, paths, peaks_path if config.peaks else None), upstream=timed))
     book.total = len(plan)
-    with tqdm(plan, desc="sweep", unit="stage", disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(plan, desc="sweep", unit="stage", disable=not progress, dynamic_ncols=True) as bar:
         for stage in bar:
             bar.set_description(f"sweep {stage.key}")
             book.run_stage(stage)
@@ -434,11 +434,12 @@ class _Sweep:
         else:
             from .evaluate.latency import measure
 
-            lat = measure(artifact, threads=cfg.threads, runs=cfg.runs, warmup=cfg.warmup)
+            # .pte: ExecuTorch's ETDump per XNNPACK operator, so the verdict can say what int8/fp32 is made of
+            lat = measure(artifact, threads=cfg.threads, runs=cfg.runs, warmup=cfg.warmup, profile=artifact.suffix == ".pte")
             row.update(latency_ms={"median": lat.median_ms, "p90": lat.p90_ms, "min": lat.min_ms}, load_ms=lat.load_ms,
                        peak_rss_mb=lat.peak_rss_mb, rss_before_load_mb=lat.rss_before_load_mb,
                        gmacs_per_s=model["gmacs"] / (lat.median_ms / 1e3), threads=lat.threads, runs=lat.runs,
-                       evaluated_by=lat.evaluated_by, latency_note=None)
+                       evaluated_by=lat.evaluated_by, latency_note=None, profile=lat.profile or None)
         write_text_atomic(row_path, json.dumps(row, indent=2))
 
     def write_peaks(self, path: Path) -> None:
@@ -464,7 +465,7 @@ class _Sweep:
         return {m.key: json.loads((self.out / m.folder / "model.json").read_text()) for m in models}
 
     def write_report(self, models: list[SweepModel], paths: dict[str, Path], peaks_path: Path | None) -> None:
-        from .evaluate.report import machine
+        from .evaluate.report import git_describe, machine
         from .formats.manifest import tool_versions
         from .fileio import atomic_path
 
@@ -472,7 +473,7 @@ class _Sweep:
         peaks = json.loads(peaks_path.read_text()) if peaks_path else {}
         rows = self.rows(models, peaks)
         doc = {
-            "schema_version": SCHEMA_VERSION, "command": cfg.command(), "machine": machine(),
+            "schema_version": SCHEMA_VERSION, "command": cfg.command(), "git": git_describe(), "machine": machine(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "versions": tool_versions(),
             "config": cfg.to_dict(), "runtime_peaks": peaks,
             "note": "random weights (latency does not depend on trained values); int8: the shared PTQ scheme calibrated on "

@@ -41,6 +41,40 @@ def _index(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, A
     return {(r["model"], r["backend"], r["precision"]): r for r in rows}
 
 
+# XNNPACK operator names (ETDump events of a .pte) -> the kinds a verdict speaks of, first match wins
+OP_KINDS = (("DWConv", "depthwise"), ("GEMM", "GEMM"), ("Resize", "resize"), ("Transpose", "transpose"), ("Convert", "convert"))
+
+
+def op_kind(name: str) -> str:
+    """`Convolution (NHWC, QS8, QC8W) DWConv` -> depthwise; `Fully Connected (NC, QS8, QC8W) GEMM` and
+    `Convolution (NHWC, F32) IGEMM` -> GEMM; resize, transpose, convert; anything else -> other."""
+    return next((kind for token, kind in OP_KINDS if token in name), "other")
+
+
+def kind_ms(profile: dict[str, float] | None) -> dict[str, float]:
+    """ms per operator kind (op_kind) of one profiled run."""
+    out: dict[str, float] = {}
+    for name, ms in (profile or {}).items():
+        out[op_kind(name)] = out.get(op_kind(name), 0.0) + ms
+    return out
+
+
+def int8_breakdown(fp32: dict[str, Any] | None, int8: dict[str, Any] | None) -> str:
+    """What an int8/fp32 latency ratio is made of, from the two rows' per-operator profiles: each
+    kind's int8/fp32 time and its share of the int8 time, largest share first ("" without profiles)."""
+    a, b = kind_ms((fp32 or {}).get("profile")), kind_ms((int8 or {}).get("profile"))
+    total = sum(b.values())
+    if not a or not total:
+        return ""
+    parts = []
+    for kind in sorted(b, key=lambda k: -b[k]):
+        if b[kind] < 0.02 * total:
+            continue
+        speed = f"{b[kind] / a[kind]:.2f}x fp32" if a.get(kind) else "no fp32 twin"
+        parts.append(f"{kind} {speed} ({100 * b[kind] / total:.0f}% of int8 time)")
+    return "; ".join(parts)
+
+
 def graph_text(row: dict[str, Any]) -> str:
     g = row.get("graph") or {}
     if row["backend"] == "executorch":
@@ -125,8 +159,11 @@ def verdicts(doc: dict[str, Any]) -> list[str]:
         for b in ("executorch", "tflite"):
             ratio = _ratio(_median(by.get((key, b, "int8"))), _median(by.get((key, b, "fp32"))))
             if ratio is not None:
+                made_of = int8_breakdown(by.get((key, b, "fp32")), by.get((key, b, "int8")))
                 out.append(f"- `{key}`: {b} int8 runs in {ratio:.2f}x the fp32 latency "
-                           f"({'within' if ratio <= INT8_MAX_LATENCY_RATIO else 'above'} the {INT8_MAX_LATENCY_RATIO}x target){note}.")
+                           f"({'within' if ratio <= INT8_MAX_LATENCY_RATIO else 'above'} the {INT8_MAX_LATENCY_RATIO}x target){note}"
+                           + (f"; per operator kind (ETDump, int8/fp32 time): {made_of}" if made_of else
+                              "; LiteRT's Python interpreter exposes no per-operator times" if b == "tflite" else "") + ".")
         for p in ("fp32", "int8"):
             a, b_ = _median(by.get((key, "executorch", p))), _median(by.get((key, "tflite", p)))
             if a is not None and b_:

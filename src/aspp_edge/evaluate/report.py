@@ -48,6 +48,38 @@ def machine() -> dict[str, Any]:
     }
 
 
+def machine_line() -> str:
+    """The machine in one line, for the headers of recorded results."""
+    m = machine()
+    return f"{m['processor']}, {m['cpu_count']} cores, {m['platform']}" + (f", GPU {m['gpu']}" if m["gpu"] else ", no GPU")
+
+
+def git_describe() -> str | None:
+    """`git describe --always --dirty` of the checkout this package runs from (None outside one): a
+    result made from uncommitted code says `-dirty`."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+
+
+def provenance() -> dict[str, Any]:
+    """What made a recorded result, stored inside it: the command line, the code's `git describe`,
+    the UTC date, the machine and the pinned tools' versions."""
+    import shlex
+    import sys
+
+    from ..formats.manifest import tool_versions
+
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    return {"command": " ".join(shlex.quote(a) for a in [prog, *sys.argv[1:]]), "git": git_describe(),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "versions": tool_versions()}
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -184,11 +216,12 @@ def write_report(out_dir: str | Path, rows: list[dict[str, Any]], *, recipe: dic
     `deploy`: the recipe's deploy section (sweep.deploy_plan's doc), reported apart from the accuracy rows."""
     out = Path(out_dir)
     main_head = recipe["model"]["head"]
+    made = provenance()
     report = {
         "recipe": recipe, "reference": references.get(main_head) or next(iter(references.values())),
-        "references": references, "machine": machine(), "tools": tools, "runtime_peaks": peaks or {},
-        "artifacts": rows, "deploy": deploy, "seconds": seconds,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "references": references, "machine": made["machine"], "tools": tools, "runtime_peaks": peaks or {},
+        "artifacts": rows, "deploy": deploy, "seconds": seconds, "created": made["date"],
+        "command": made["command"], "git": made["git"],
     }
     paths = {name: out / name for name in ("report.json", "report.md", "pareto.png", "samples.png")}
     with atomic_path(paths["report.json"]) as tmp:
@@ -217,6 +250,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# aspp-edge report: recipe `{report['recipe']['name']}`", "",
         f"Machine: {m['processor']}, {m['cpu_count']} cores, {m['platform']}; GPU: {m['gpu'] or 'none'}.",
+        f"Made by `{report.get('command') or 'unknown command'}` at code {report.get('git') or 'unknown'} on {report['created']}; "
+        + ", ".join(f"{k} {v}" for k, v in report.get("tools", {}).items()) + ".",
         "Float reference " + "; ".join(f"{h}: mIoU {refs[h]['miou']:.4f} on {refs[h]['device']}" for h in heads if h in refs) + ".",
         "Latency: median/p90 of timed runs after warm-up, each artifact in its own process, all cores unless stated; "
         "reported, not asserted. Agreement and SQNR are against the float reference's logits on the val split.",
