@@ -9,7 +9,7 @@ OUT ?= runs/$(RECIPE)
 # Two pytest-xdist workers: the export tests are single-threaded lowering passes.
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test venv clean
+.PHONY: run test test-full venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/aspp-edge run --recipe $(RECIPE) --out $(OUT)
 
+# The fast tier: every unit, backend and stage on tiny models (<= 10 minutes on 2 cores).
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+# The full tier (what CI runs): the fast tier plus the tests marked `full`.
+test-full: $(STAMP)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m 'not slow' $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

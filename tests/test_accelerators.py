@@ -2,9 +2,8 @@
 MIL reference interpreter) and to Vulkan (structure only here), TFLite with fp16 weights, and the
 half-precision check of the float model.
 
-One untrained quick-recipe model (64x64, width 0.25, seed 0) and its PTQ program serve every test:
-these check the export paths and the agreement between artifacts of one program, which do not need
-trained weights (the trained matrix of the other backends is tests/test_export.py's)."""
+One trained quick-recipe model (sep_aspp, 64x64, width 0.25, 4 epochs) and its PTQ program serve every
+test: agreement is read only where the reference predicts several classes (`_agree`)."""
 
 from __future__ import annotations
 
@@ -23,23 +22,24 @@ from aspp_edge.export import ExportSource, export
 from aspp_edge.export.inspect import format_inspection, inspect_artifact
 from aspp_edge.formats import BACKENDS, DEFAULT_BACKENDS, backend_for
 from aspp_edge.formats.manifest import manifest_path, read_manifest
-from aspp_edge.models import model_from_recipe
 from aspp_edge.models.half import half_precision_check
 from aspp_edge.quantize import quantize
 
 # Issue 22's floors: the Core ML delegate's program against the .mlpackage of the same program, and
 # its fp16 program against the float model; the fp16 .tflite against the fp32 one.
 DELEGATE_VS_PACKAGE, FP16_VS_FLOAT, TFLITE_FP16_VS_FP32 = 0.999, 0.995, 0.995
+MIN_CLASSES = 3  # of the quick recipe's 6, in the reference argmax over the 4 val images
 INT8_CROSS_BACKEND = 0.99  # an int8 artifact vs another backend's of the same program (evaluate/report.py's CROSS_MIN_AGREEMENT)
 
 
 @pytest.fixture(scope="module")
-def source(quick_recipe):
-    torch.manual_seed(0)
-    model = model_from_recipe(quick_recipe).eval()
-    calib = [torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    q = quantize(model, PTQConfig(observer="minmax"), calibration=calib)
-    return ExportSource(quick_recipe, model=model, program=q.convert(fold_quantize=False), method="ptq", name="acc")
+def source(head_models, quick_calib):
+    """The quick recipe's sep_aspp trained 4 epochs (shared with test_quantize and test_sensitivity): an
+    untrained model predicts one class everywhere, where agreement would hold whatever the export did."""
+    recipe = head_models.recipe_for("sep_aspp")
+    model = head_models["sep_aspp"].eval()
+    q = quantize(model, PTQConfig(observer="minmax"), calibration=quick_calib)
+    return ExportSource(recipe, model=model, program=q.convert(fold_quantize=False), method="ptq", name="acc")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,10 @@ def exported(source, out):
 
 
 def _agree(a: np.ndarray, b: np.ndarray) -> float:
+    """Argmax agreement; the first array (the reference side) must predict several classes, or
+    agreement would be near 1 whatever the other computed."""
+    classes = np.unique(a.argmax(1))
+    assert len(classes) >= MIN_CLASSES, f"the reference predicts only classes {classes.tolist()}: agreement would say little"
     return float((a.argmax(1) == b.argmax(1)).mean())
 
 
@@ -130,7 +134,15 @@ def test_executorch_vulkan_is_structure_only_here(exported):
     assert info["delegate"] == "VulkanBackend" and info["node_fraction"] == 1.0 and info["ops_on_cpu"] == {}
     with pytest.raises(runtime.RuntimeMissing, match="needs a Vulkan device"):
         runtime.load(path)
-    assert str(EvaluatedBy.not_run("needs a Vulkan device")).startswith("not run: needs a Vulkan device")
+    # what a run's eval stage makes of it: a "not run" row with no figures, not an error and not a number
+    from aspp_edge.evaluate.measure import measure_artifact
+
+    result, masks = measure_artifact(path, root=path.parent, head="acc", gmacs=0.1, reference=None, val=None, batch_size=1,
+                                     threads=1, runs=1, warmup=0)
+    row = result.to_row()
+    assert row["evaluated_by"].startswith("not run: needs a Vulkan device") and not EvaluatedBy(row["evaluated_by"]).ran
+    assert (row["backend"], row["precision"], row["miou"], row["agreement"], row["latency_ms"]) == ("executorch-vulkan", "fp32", None, None, None)
+    assert masks.size == 0
 
 
 @pytest.mark.slow

@@ -1,18 +1,21 @@
 """Models people bring (issue 16): torchvision:NAME, smp:ARCH and module.path:callable through
 training, PTQ/QAT, all three exports (loaded back in their runtimes), manifests and the report.
 
-Setup of the export tests in `make test` (`test_brought_model_to_every_backend`): torchvision
-LR-ASPP and DeepLabV3 (MobileNetV3-Large), SMP DeepLabV3+ (MobileNetV2 encoder) and a factory
-written here, each trained on the quick recipe's synthetic data at BROUGHT_SIZE x BROUGHT_SIZE
-(6 classes, AdamW, lr 0.01; BROUGHT_EPOCHS epochs on TRAIN_SIZE scenes, SMP SMP_EPOCHS on
-SMP_TRAIN_SIZE), then PTQ'd (minmax, on the calibration images) and QAT'd (QAT_STEPS steps), each
-program exported to ExecuTorch, TFLite and Core ML and loaded back; on VAL_IMAGES val images every
-int8 artifact must agree with the float model on >= 99% of pixels with logits SQNR >= 15 dB. So
-briefly trained, the torchvision models and the factory predict only background (val mIoU 0.128),
-so their agreement is trivially 1.0 and the SQNR floor is the check that could fail (they measure
-40-49 dB); SMP's model is past that (checked: float mIoU above BACKGROUND_ONLY_MIOU). The slow test (`-m slow`) trains the quick recipe as
-it is (8 epochs, 512 scenes at 64x64: models with confident pixels of several classes) and holds
-every method x backend x precision to the same floors, fp32 exports included.
+Setup of the export tests (`test_brought_model_to_every_backend`; the factory in `make test`, the
+other three in the full tier): torchvision LR-ASPP and DeepLabV3 (MobileNetV3-Large), SMP DeepLabV3+
+(MobileNetV2 encoder) and a factory written here, each trained on the quick recipe's synthetic data
+at BROUGHT_SIZE x BROUGHT_SIZE (6 classes, AdamW, lr 0.01; BROUGHT_EPOCHS epochs on TRAIN_SIZE
+scenes, SMP SMP_EPOCHS on SMP_TRAIN_SIZE), then PTQ'd (minmax, on the calibration images) and QAT'd
+(QAT_STEPS steps), each program exported to ExecuTorch, TFLite and Core ML and loaded back; on
+VAL_IMAGES val images every int8 artifact must agree with the float model on >= 99% of pixels and
+reach its model's logits SQNR floor (INT8_SQNR_DB: measured values less 3 dB). So briefly trained,
+the torchvision models and the factory predict only background (class 0 on every pixel; training
+them until they predict several classes costs 5-10 minutes a test, the slow test below), so their
+agreement is 1.0 by construction and the SQNR floor is their check; SMP's model predicts four
+classes (asserted: >= MIN_CLASSES), so its agreement is read on several. The slow test (`-m slow`)
+trains the quick recipe as it is (8 epochs, 512 scenes at 64x64) and holds every method x backend x
+precision to the agreement floors, fp32 exports included (torchvision DeepLabV3 still predicts only
+background there: its int8 artifacts are held to the SQNR floor as well).
 
 Cost: the int8 lowerings dominate (ExecuTorch's XNNPACK lowering of a MobileNetV3-Large graph takes
 30-40 s on one core of the 2-core CPU machine, litert-torch 20-25 s, Core ML about 10 s), not the
@@ -41,14 +44,22 @@ FACTORY = f"{HERE}:tiny_segmenter"
 NUM_CLASSES = 6  # the quick recipe's synthetic data
 BROUGHT_EPOCHS, TRAIN_SIZE, VAL_IMAGES, BROUGHT_SIZE, QAT_STEPS = 2, 128, 16, 32, 4
 # SMP's DeepLabV3+ learns in minutes here: 4 epochs on 512 scenes take it past background-only
-# (val mIoU 0.18 against 0.128 for all-background), so its agreement check sees several classes.
-# The torchvision MobileNetV3-Large models still predict only background after that (at 64x64 too).
-SMP_EPOCHS, SMP_TRAIN_SIZE, BACKGROUND_ONLY_MIOU = 4, 512, 0.13
+# (val mIoU 0.18 against 0.128 for all-background; four classes in its argmax), so its agreement
+# check sees several classes. The torchvision MobileNetV3-Large models still predict only background
+# after that (at 64x64 too).
+SMP_EPOCHS, SMP_TRAIN_SIZE = 4, 512
 # int8 artifact vs the float model (argmax agreement over VAL_IMAGES val images). The issue asks
 # >= 0.99 where the model is trained enough to have confident pixels (see the module docstring).
 INT8_AGREEMENT = 0.99
-INT8_SQNR_DB = 15.0  # logits of each int8 artifact vs the float model's
+# Logits SQNR floor of each int8 artifact vs the float model, per model: the lowest of its six measured
+# values (PTQ and QAT x ExecuTorch, TFLite, Core ML; make test-full on the 2-core machine, 2026-12-03)
+# less 3 dB. Measured: torchvision LR-ASPP 48.5-48.9 dB, torchvision DeepLabV3 46.3-47.9, SMP
+# DeepLabV3+ 34.3-35.3, the factory 40.5-41.1. Where the float model predicts only background (all
+# but SMP here), agreement is 1.0 by construction and this floor is the check that can fail.
+INT8_SQNR_DB = {"torchvision-lraspp_mobilenet_v3_large": 45.0, "torchvision-deeplabv3_mobilenet_v3_large": 43.0,
+                "smp-DeepLabV3Plus": 31.0, "tests.test_brought-tiny_segmenter": 37.0}
 FP32_AGREEMENT = 0.999
+MIN_CLASSES = 3  # of the 6: a float model predicting fewer is too close to background-only for agreement to mean much
 
 
 # -- factories the `module.path:callable` form imports ----------------------------------------------
@@ -345,6 +356,18 @@ def _exports(brought, source, args, method, backends, tmp_path, *, fp32=False):
     return out, result
 
 
+def _float_classes(brought, source, args) -> list[int]:
+    """The classes the float model predicts on the VAL_IMAGES val images (each on >= 0.5% of pixels)."""
+    from aspp_edge.checkpoint import load_model
+
+    recipe = brought.recipe(source, args)
+    model = load_model(brought.checkpoint(source, args), recipe)[0].eval()
+    with torch.no_grad():
+        pred = model(_val(recipe)).argmax(1)
+    counts = torch.bincount(pred.flatten(), minlength=NUM_CLASSES)
+    return [c for c in range(NUM_CLASSES) if counts[c] >= 0.005 * pred.numel()]
+
+
 def _check_manifest(manifest, source, args):
     validate_manifest(manifest)
     model = manifest["model"]
@@ -356,20 +379,26 @@ def _check_manifest(manifest, source, args):
 BACKENDS = ("executorch", "tflite", "coreml")
 
 
-@pytest.mark.parametrize("method", ["ptq", "qat"])
-@pytest.mark.parametrize("source, args", BROUGHT)
+# make test takes the factory's PTQ program to every backend; the full tier its QAT program (~90 s)
+# and the three others (their MobileNetV3-Large / MobileNetV2 lowerings cost 1.5-4 minutes a test)
+@pytest.mark.parametrize("source, args, method", [
+    pytest.param(*p.values, m, marks=() if (p.id, m) == ("factory", "ptq") else pytest.mark.full, id=f"{p.id}-{m}")
+    for p in BROUGHT for m in ("ptq", "qat")])
 def test_brought_model_to_every_backend(source, args, method, brought, tmp_path):
     results, q = _exports(brought, source, args, method, BACKENDS, tmp_path)
-    print(f"{source} {method}: float mIoU {q.float_miou:.4f}, program agreement {q.agreement:.4f}, SQNR {q.sqnr_db:.1f} dB; "
+    classes = _float_classes(brought, source, args)
+    print(f"{source} {method}: float mIoU {q.float_miou:.4f}, float argmax classes {classes}, program agreement "
+          f"{q.agreement:.4f}, SQNR {q.sqnr_db:.1f} dB; "
           + ", ".join(f"{b} {a:.4f} {db:.1f} dB" for (b, _), (a, _m, _a, _by, db) in results.items()))
     assert set(results) == {(b, "int8") for b in BACKENDS}
-    if source.startswith("smp:"):
-        assert q.float_miou > BACKGROUND_ONLY_MIOU, f"SMP float mIoU {q.float_miou:.4f}: background only, the agreement check says little"
+    if source.startswith("smp:"):  # the one that learns here: its agreement is read on several classes
+        assert len(classes) >= MIN_CLASSES, f"SMP's float model predicts only classes {classes}: the agreement check says little"
     for (backend, precision), (agreement, manifest, artifact, by, db) in results.items():
         _check_manifest(manifest, source, args)
         assert manifest["method"] == method
         assert agreement >= INT8_AGREEMENT, f"{source} {backend} int8 ({by}): agreement {agreement:.4f} (float mIoU {q.float_miou:.3f})"
-        assert db >= INT8_SQNR_DB, f"{source} {backend} int8 ({by}): logits SQNR {db:.1f} dB"
+        floor = INT8_SQNR_DB[_key(source)]
+        assert db >= floor, f"{source} {backend} int8 ({by}): logits SQNR {db:.1f} dB < {floor} dB"
         if backend == "tflite" and source.startswith("torchvision:"):
             # the MobileNetV3 int8 scheme on a model we did not write: integer end to end, one XNNPACK partition
             from aspp_edge.runtime.litert import xnnpack_delegation
@@ -382,18 +411,21 @@ def test_brought_model_to_every_backend(source, args, method, brought, tmp_path)
             assert info["node_fraction"] == 1.0 and info["undelegated_ops"] == {}, info["undelegated_ops"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 5-10 minutes a test on the 2-core machine: neither tier
 @pytest.mark.parametrize("method", ["ptq", "qat"])
 @pytest.mark.parametrize("source, args", BROUGHT)
 def test_trained_brought_model_every_method_every_backend(source, args, method, brought_trained, tmp_path):
     """The quick recipe as it is (8 epochs on 512 scenes): models with confident pixels of several classes."""
     results, q = _exports(brought_trained, source, args, method, BACKENDS, tmp_path, fp32=method == "ptq")
-    print(f"{source} {method}: float mIoU {q.float_miou:.4f}; "
+    classes = _float_classes(brought_trained, source, args)
+    print(f"{source} {method}: float mIoU {q.float_miou:.4f}, float argmax classes {classes}; "
           + ", ".join(f"{b} {p} {a:.4f} {db:.1f} dB" for (b, p), (a, _m, _a, _by, db) in results.items()))
-    for (backend, precision), (agreement, manifest, _, by, _db) in results.items():
+    for (backend, precision), (agreement, manifest, _, by, db) in results.items():
         _check_manifest(manifest, source, args)
         floor = INT8_AGREEMENT if precision == "int8" else FP32_AGREEMENT if precision == "fp32" else 0.995
         assert agreement >= floor, f"{source} {backend} {precision} ({by}): agreement {agreement:.4f}"
+        if len(classes) < MIN_CLASSES and precision == "int8":  # background only (torchvision DeepLabV3 here): SQNR is the check
+            assert db >= INT8_SQNR_DB[_key(source)], f"{source} {backend} int8 ({by}): logits SQNR {db:.1f} dB"
 
 
 # -- the run: report, manifests, demo and the apps name the brought model ---------------------------

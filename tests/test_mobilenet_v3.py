@@ -23,6 +23,12 @@ from aspp_edge.quantize.rewrites import (
 )
 
 
+# The untrained MobileNetV3 LR-ASPP's int8 artifacts vs its PyTorch program, logits SQNR floors: measured
+# 69.7 dB (.pte) and 43.7 dB (.tflite: the hardswish gate's rounding) in make test on the 2-core machine,
+# 2026-12-03 (seeded model, one run), less about 10% and 5 dB
+MNV3_ARTIFACT_SQNR_DB = {"executorch": 60.0, "tflite": 38.0}
+
+
 class SEBlock(nn.Module):
     """MobileNetV3's pattern: conv + BN + hardswish, squeeze-excitation with a hardsigmoid gate,
     and one hardsigmoid that no conv feeds (it must be left alone)."""
@@ -193,7 +199,7 @@ def test_mobilenet_v3_int8_is_one_xnnpack_graph_in_executorch_and_litert(quick_r
     """The MobileNetV3 LR-ASPP int8 program (untrained, seeded: the structure does not need training)
     exported to .pte and .tflite: the .pte fully delegated to XNNPACK, the .tflite integer inside
     (Q/DQ at the float I/O only) and one XNNPACK partition with nothing left to LiteRT's builtin
-    kernels, and both computing the program (logits SQNR >= 20 dB; trained models' argmax agreement
+    kernels, and both computing the program (logits SQNR floors MNV3_ARTIFACT_SQNR_DB; trained models' argmax agreement
     is checked by the slow matrix)."""
     from aspp_edge import runtime
     from aspp_edge.export import ExportSource, export
@@ -212,7 +218,8 @@ def test_mobilenet_v3_int8_is_one_xnnpack_graph_in_executorch_and_litert(quick_r
     for backend in ("executorch", "tflite"):
         path = export(source, backend, "int8", tmp_path)
         got = runtime.load(path).predict(images.numpy())
-        assert logits_sqnr_db(got, want) >= 20.0, (backend, logits_sqnr_db(got, want))
+        print(f"{backend} int8 vs the program: logits SQNR {logits_sqnr_db(got, want):.1f} dB")
+        assert logits_sqnr_db(got, want) >= MNV3_ARTIFACT_SQNR_DB[backend], (backend, logits_sqnr_db(got, want))
         info = runtime.load(path).manifest["backend_info"]
         if backend == "executorch":
             assert info["conv_mac_fraction"] == 1.0 and info["undelegated_ops"] == {}, info

@@ -37,7 +37,9 @@ def _val_images(recipe: Recipe, n: int = 16) -> torch.Tensor:
     return torch.stack([val[i][0] for i in range(n)])
 
 
-@pytest.mark.parametrize("head", list_models())
+# aspp, sep_aspp and se_aspp share their ops with sep_se_aspp (and sep_aspp is the quick run's head): full tier
+@pytest.mark.parametrize("head", [pytest.param(h, marks=pytest.mark.full) if h in ("aspp", "sep_aspp", "se_aspp") else h
+                                  for h in list_models()])
 def test_ptq_every_head_keeps_logits(head, head_models, quick_recipe, quick_calib):
     model = head_models[head]
     q = quantize(model, PTQConfig(observer="minmax"), calibration=quick_calib)
@@ -46,7 +48,7 @@ def test_ptq_every_head_keeps_logits(head, head_models, quick_recipe, quick_cali
     assert agreement >= PTQ_MIN_AGREEMENT, f"{head}: agreement {agreement:.4f}"
 
 
-@pytest.mark.parametrize("head", ["aspp", "sep_aspp", "hdc_aspp"])
+@pytest.mark.parametrize("head", [pytest.param("aspp", marks=pytest.mark.full), "sep_aspp", "hdc_aspp"])  # aspp: sep_aspp's concat
 def test_every_concat_and_resize_shares_one_qparam(head, head_models, quick_calib):
     """Read from the converted graph: a concat's dequantized inputs and its output quantize carry one
     (scale, zero point); so do the input and output of each resize and broadcast."""
@@ -92,7 +94,7 @@ def _relu6_partitions(converted) -> tuple[int, list[str], list[str]]:
     return count, requantized, wasted
 
 
-@pytest.mark.parametrize("method", ["ptq", "qat"])
+@pytest.mark.parametrize("method", ["ptq", pytest.param("qat", marks=pytest.mark.full)])  # QAT's prepare: ~45 s
 def test_conv_relu6_is_one_partition_with_the_relu6_range(method, head_models, quick_recipe, quick_calib):
     """Every MobileNetV2 ReLU6 follows its conv (+BN) without a requantize in between, and its own
     qparams cover [0, max] within [0, 6], not the conv's +-range."""
@@ -270,6 +272,7 @@ def test_quantize_checkpoint_bad_input(tmp_path, quick_trained, quick_recipe):
     assert not out.exists()  # nothing half-written after any failure
 
 
+@pytest.mark.full
 @pytest.mark.distributed
 def test_qat_under_torchrun_two_ranks_agree(tmp_path, quick_trained, quick_recipe):
     import os

@@ -106,9 +106,65 @@ def test_sensitivity_ranks_the_outlier_layer_first(report, outlier_model):
     assert report.full_int8_miou_drop > MAX_DROP
     table = report.table()
     assert table.splitlines()[1].split()[1] == SENSITIVE and "full int8" in table.splitlines()[-1]
+    # the order keep_float auto tries layers in (what `.sensitivity.json` stores): the outlier first
+    doc = report.to_dict()
+    assert doc["keep_float_auto_order"][0] == SENSITIVE and sorted(doc["keep_float_auto_order"]) == sorted(names)
 
 
-@pytest.mark.slow  # analysis, 5 top-candidate val drops, greedy, built program: 91 s (8 images) on a 2-core machine under ~10x load
+def test_run_mixed_method_uses_the_recipe_list_else_auto():
+    """`run --methods mixed`: the recipe's ptq.keep_float list where it names layers, else `auto` at
+    ptq.max_drop (MIXED_MAX_DROP when unset)."""
+    from aspp_edge.config import MIXED_MAX_DROP, load_recipe
+    from aspp_edge.pipeline import mixed_settings
+
+    quick = load_recipe("quick")
+    assert mixed_settings(quick.replace(ptq={"keep_float": [SENSITIVE]})) == {"keep_float": (SENSITIVE,)}
+    assert mixed_settings(quick) == {"keep_float": "auto", "max_drop": MIXED_MAX_DROP, "max_float_layers": quick.ptq.max_float_layers}
+    assert mixed_settings(quick.replace(ptq={"keep_float": "auto", "max_drop": 0.3}))["max_drop"] == 0.3
+
+
+@pytest.mark.full  # the analysis of every layer through the CLI: ~1 minute
+def test_cli_sensitivity_writes_the_report_beside_the_program(outlier_model, head_models, tmp_path, monkeypatch):
+    """`aspp-edge quantize --sensitivity` on a checkpoint of the outlier model: NAME_int8.sensitivity.json
+    beside the program, the outlier ranked first and first in keep_float_auto_order."""
+    from aspp_edge.checkpoint import read_checkpoint, save_checkpoint
+    from aspp_edge.cli import main
+    from aspp_edge.quantize import sensitivity
+
+    monkeypatch.setattr(sensitivity, "SENSITIVITY_IMAGES", 8)  # the outlier is plain on 8 images (see the ranking test)
+    payload = read_checkpoint(head_models.checkpoint("sep_aspp"))
+    ckpt = save_checkpoint(tmp_path / "outlier.pt", {**payload, "state_dict": outlier_model[1].state_dict()})
+    out = tmp_path / "q"
+    assert main(["quantize", "--recipe", "quick", "--checkpoint", str(ckpt), "--method", "ptq", "--observer", "minmax",
+                 "--sensitivity", "--sensitivity-top", "1", "--out", str(out)]) == 0
+    (path,) = out.glob("*_int8.sensitivity.json")
+    doc = json.loads(path.read_text())
+    assert doc["layers"][0]["layer"] == SENSITIVE and doc["keep_float_auto_order"][0] == SENSITIVE, doc["keep_float_auto_order"][:3]
+    assert doc["layers"][0]["alone_int8_miou_drop"] > MAX_DROP and doc["full_int8"]["miou_drop"] > MAX_DROP
+    assert path.with_name(path.name.replace(".sensitivity.json", ".pt2")).is_file()
+
+
+@pytest.mark.full  # QAT's prepare and two steps: ~1 minute
+def test_qat_keeps_the_listed_layers_float(outlier_model, quick_calib, quick_recipe, report):
+    """QAT with keep_float: the layer stays float in the trained program (no quantized weights for it),
+    and the program's logits are as close to the float model's as keeping it float promises."""
+    from aspp_edge.metrics import logits_sqnr_db
+
+    model = outlier_model[1]
+    config = QATConfig(steps=2, batch_size=4, observer="minmax", calib_size=8, keep_float=(SENSITIVE,))
+    q = quantize(model, config, calibration=quick_calib[:1], train_set=build_dataset(quick_recipe, "train"))
+    assert q.float_layers == [SENSITIVE]
+    program = q.convert(fold_quantize=False)
+    per_channel = torch.ops.quantized_decomposed.quantize_per_channel.default
+    quantized_weights = {n.args[0].target for n in program.graph.nodes if n.target == per_channel}
+    assert quantized_weights and not any(t.replace("_", ".").startswith(SENSITIVE) for t in quantized_weights), quantized_weights
+    x = torch.cat(quick_calib)[:8]
+    with torch.no_grad():
+        db = logits_sqnr_db(program(x).numpy(), model(x).numpy())
+    assert db > report.full_int8_sqnr_db + 10, (db, report.full_int8_sqnr_db)  # full int8 is ruined by the outlier
+
+
+@pytest.mark.full  # analysis, 5 top-candidate val drops, greedy, built program: 91 s (8 images) on a 2-core machine under ~10x load
 def test_keep_float_auto_meets_max_drop_where_full_int8_does_not(outlier_model, quick_calib, val, tmp_path, monkeypatch):
     from aspp_edge.quantize import sensitivity
 
@@ -146,6 +202,7 @@ def mixed_artifacts(outlier_model, quick_calib, quick_recipe, tmp_path_factory):
     return q, {b: export(source, b, "int8", out) for b in ("executorch", "tflite", "coreml")}
 
 
+@pytest.mark.full  # three int8 exports of the mixed program: ~85 s
 def test_mixed_program_in_all_three_artifacts(mixed_artifacts, val_images):
     from aspp_edge.export.inspect import format_inspection, inspect_artifact
     from aspp_edge.formats.manifest import read_manifest
@@ -233,6 +290,7 @@ def test_cli_bad_input_writes_nothing(head_models, tmp_path, capsys):
         assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
 
 
+@pytest.mark.full  # a run's mixed stages: ~95 s
 def test_run_reports_mixed_rows_beside_full_int8(quick_run, tmp_path):
     """`aspp-edge run --methods ptq,mixed` on a copy of the shared quick run (its stages reused): the
     mixed program (the recipe's keep_float list) is quantized, exported and measured beside full-int8
