@@ -7,6 +7,7 @@ run's log file; our own bars (`progress_bar`) still draw on the terminal."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -25,14 +26,28 @@ def progress_bar(*args: Any, **kwargs: Any):
 
 @contextlib.contextmanager
 def chatter_to(path: Path | None) -> Iterator[None]:
-    """Append what Python code prints to stdout and stderr, and Python warnings, to `path` while the
-    block runs; `progress_bar`s stay on the terminal. None (or already inside one): nothing changes."""
+    """Append what Python code prints to stdout and stderr, Python warnings and, when stderr is the
+    process's own file descriptor 2, what C++ libraries log there (absl and TFLite INFO lines), to
+    `path` while the block runs; `progress_bar`s and `progress_line`s stay on the terminal. None (or
+    already inside one): nothing changes."""
     global _terminal
     if path is None or _terminal is not None:
         yield
         return
-    terminal = sys.stderr
-    with open(path, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f), warnings.catch_warnings():
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(open(path, "a"))
+        terminal: TextIO = sys.stderr
+        if _is_fd2(sys.stderr):  # C++ writes to fd 2 itself: point fd 2 at the log, keep a copy for the bars
+            sys.stderr.flush()
+            saved = os.dup(2)
+            terminal = stack.enter_context(open(os.dup(saved), "w", buffering=1))
+            os.dup2(f.fileno(), 2)
+            stack.callback(os.close, saved)
+            stack.callback(os.dup2, saved, 2)
+        stack.enter_context(contextlib.redirect_stdout(f))
+        stack.enter_context(contextlib.redirect_stderr(f))
+        stack.enter_context(warnings.catch_warnings())
+
         def show(message, category, filename, lineno, file=None, line=None):
             f.write(warnings.formatwarning(message, category, filename, lineno, line))
 
@@ -42,6 +57,14 @@ def chatter_to(path: Path | None) -> Iterator[None]:
             yield
         finally:
             _terminal = None
+            f.flush()
+
+
+def _is_fd2(stream: TextIO) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # pytest's capture, StringIO: no descriptor
+        return False
 
 
 def progress_line(line: str, *, err: bool = False) -> None:
