@@ -14,10 +14,7 @@ the .tflite's Q/DQ inside and XNNPACK partitions. Writes OUT/deploy_latency.{jso
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -29,14 +26,12 @@ from aspp_edge.config import load_recipe
 from aspp_edge.data import calibration_dataset
 from aspp_edge.evaluate.latency import measure
 from aspp_edge.export import ExportSource, artifact_name, export
-from aspp_edge.formats.manifest import read_manifest, tool_versions
-from aspp_edge.evaluate.report import git_describe, machine_line
+from aspp_edge.formats.manifest import read_manifest
+from aspp_edge.evaluate.report import machine_line, provenance
 from aspp_edge.fileio import write_text_atomic
 from aspp_edge.models.stats import model_stats
 from aspp_edge.quantize import quantize
 from aspp_edge.runtime.litert import xnnpack_delegation
-
-
 
 
 def build(base, key: str, args):
@@ -97,9 +92,9 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         print(f"{key}: {time.perf_counter() - started:.0f} s", flush=True)
+    made = provenance()
     header = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "git": git_describe(), "machine": machine_line(), "date": datetime.date.today().isoformat(), "versions": tool_versions(),
+        **made, "machine": machine_line(made["machine"]),
         "config": {"size": args.size, "width": args.width, "output_stride": args.output_stride, "threads": args.threads,
                    "runs": args.runs, "recipe": args.recipe, "classes": base.num_classes},
         "note": "one run; each artifact timed in its own process; random weights, PTQ ranges from the recipe's calib images",

@@ -23,10 +23,7 @@ Prints the tables and writes OUT.json and OUT.md (command, machine, date, versio
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -40,14 +37,12 @@ from aspp_edge.errors import AsppEdgeError
 from aspp_edge.evaluate.accuracy import evaluate, float_reference
 from aspp_edge.evaluate.latency import measure
 from aspp_edge.export import artifact_size, export, from_checkpoint, from_quantized
-from aspp_edge.evaluate.report import git_describe, machine_line
+from aspp_edge.evaluate.report import machine_line, provenance
 from aspp_edge.fileio import write_text_atomic
-from aspp_edge.formats.manifest import read_manifest, tool_versions
+from aspp_edge.formats.manifest import read_manifest
 from aspp_edge.quantize.job import quantize_checkpoint
 
 FLOAT = {"executorch": "fp32", "tflite": "fp32", "coreml": "fp16"}
-
-
 
 
 def main() -> None:
@@ -64,7 +59,6 @@ def main() -> None:
     p.add_argument("--deploy-size", type=int, default=None, help="also time fp32 / int8 / mixed of the architecture at NxN")
     p.add_argument("--keep-float", default=None, help="comma-separated layers for the mixed program instead of auto")
     args = p.parse_args()
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     recipe = load_recipe(args.recipe)
     work = Path(args.work)
 
@@ -119,8 +113,9 @@ def main() -> None:
     for label in ("int8", "mixed"):
         for a, b in (("executorch", "tflite"), ("executorch", "coreml"), ("tflite", "coreml")):
             cross[f"{label}: {a} vs {b}"] = float((logits[a, label] == logits[b, label]).mean())
+    made = provenance()
     header = {
-        "command": command, "git": git_describe(), "machine": machine_line(), "date": datetime.date.today().isoformat(), "versions": tool_versions(),
+        **made, "machine": machine_line(made["machine"]),
         "recipe": recipe.name, "checkpoint": str(args.checkpoint), "float_miou": reference.miou, "val_images": len(val),
         "max_drop": None if args.keep_float else args.max_drop, "float_layers": mixed.float_layers,
         "keep_float_auto": mixed.keep_float_auto, "program_miou_drop": mixed.miou_drop_points,

@@ -465,16 +465,14 @@ class _Sweep:
         return {m.key: json.loads((self.out / m.folder / "model.json").read_text()) for m in models}
 
     def write_report(self, models: list[SweepModel], paths: dict[str, Path], peaks_path: Path | None) -> None:
-        from .evaluate.report import git_describe, machine
-        from .formats.manifest import tool_versions
+        from .evaluate.report import provenance
         from .fileio import atomic_path
 
         cfg = self.config
         peaks = json.loads(peaks_path.read_text()) if peaks_path else {}
         rows = self.rows(models, peaks)
         doc = {
-            "schema_version": SCHEMA_VERSION, "command": cfg.command(), "git": git_describe(), "machine": machine(),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "versions": tool_versions(),
+            "schema_version": SCHEMA_VERSION, **provenance(), "command": cfg.command(),
             "config": cfg.to_dict(), "runtime_peaks": peaks,
             "note": "random weights (latency does not depend on trained values); int8: the shared PTQ scheme calibrated on "
                     f"{cfg.calib_size} synthetic images; each artifact timed in its own process; one sweep, figures reported, not asserted",

@@ -20,10 +20,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
-from .console import progress_bar, progress_line
 
 from .checkpoint import load_state, read_checkpoint, save_checkpoint
 from .config import Recipe, recipe_differences
+from .console import progress_bar, progress_line
 from .data import IGNORE_INDEX, build_dataset
 from .errors import CheckpointError, ConfigError
 from .metrics import confusion_matrix, mean_iou

@@ -6,9 +6,9 @@ from collections.abc import Iterable
 
 import torch
 from torch.utils.data import Dataset
-from ..console import progress_bar
 
 from ..config import MIN_CALIB_SIZE
+from ..console import progress_bar
 from ..errors import ConfigError
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from ..console import progress_bar
 
+from ..console import progress_bar
 from ..metrics import confusion_matrix, mean_iou, pixel_accuracy
 
 SAMPLE_IMAGES = 4  # leading val images whose predicted masks are kept for the samples figure

@@ -55,7 +55,8 @@ def kind_ms(profile: dict[str, float] | None) -> dict[str, float]:
     """ms per operator kind (op_kind) of one profiled run."""
     out: dict[str, float] = {}
     for name, ms in (profile or {}).items():
-        out[op_kind(name)] = out.get(op_kind(name), 0.0) + ms
+        kind = op_kind(name)
+        out[kind] = out.get(kind, 0.0) + ms
     return out
 
 

@@ -48,9 +48,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def machine_line() -> str:
-    """The machine in one line, for the headers of recorded results."""
-    m = machine()
+def machine_line(m: dict[str, Any] | None = None) -> str:
+    """The machine (`machine()` unless given) in one line, for the headers of recorded results."""
+    m = m or machine()
     return f"{m['processor']}, {m['cpu_count']} cores, {m['platform']}" + (f", GPU {m['gpu']}" if m["gpu"] else ", no GPU")
 
 
@@ -75,8 +75,9 @@ def provenance() -> dict[str, Any]:
 
     from ..formats.manifest import tool_versions
 
-    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    return {"command": " ".join(shlex.quote(a) for a in [prog, *sys.argv[1:]]), "git": git_describe(),
+    argv = sys.argv if sys.argv and sys.argv[0] else ["python"]
+    prog = ["python", argv[0]] if argv[0].endswith(".py") else [Path(argv[0]).name]  # a script, or a console entry point
+    return {"command": " ".join(shlex.quote(a) for a in [*prog, *argv[1:]]), "git": git_describe(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "versions": tool_versions()}
 
 

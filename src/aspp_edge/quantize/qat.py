@@ -21,9 +21,9 @@ from torch.fx import GraphModule
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchao.quantization.pt2e import disable_observer, move_exported_model_to_eval, move_exported_model_to_train
 from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-from ..console import progress_bar
 
 from ..config import QATConfig
+from ..console import progress_bar
 from ..data import IGNORE_INDEX
 from ..distributed import init_distributed, sync_and_hash
 from ..metrics import confusion_matrix, mean_iou

@@ -39,9 +39,9 @@ from torch import nn
 from torch.fx import Graph, GraphModule, Node
 from torch.utils.data import Dataset
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-from ..console import progress_bar
 
 from ..calibration.report import sqnr_db
+from ..console import progress_bar
 from .quantizers import BN_TARGETS, RELU6_TARGETS, SHARED_RANGE_TARGETS, WEIGHTED_TARGETS, layer_name
 
 Q_TENSOR = {torch.ops.quantized_decomposed.quantize_per_tensor.default, torch.ops.quantized_decomposed.quantize_per_tensor.tensor}
