@@ -85,6 +85,15 @@ def tiny_segmenter(num_classes: int, width: int = 8, act: str = "relu") -> nn.Mo
     return TinySeg(num_classes, width, act)
 
 
+def constant_segmenter(num_classes: int) -> nn.Module:
+    """Class 0 on every pixel whatever the image: the classifier's weights are zero, its bias favours 0."""
+    model = TinySeg(num_classes)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.arange(num_classes, 0, -1, dtype=torch.float32))
+    return model
+
+
 def tuple_segmenter(num_classes: int) -> nn.Module:
     class TupleOut(TinySeg):
         def forward(self, x):
@@ -393,10 +402,13 @@ def test_brought_model_to_every_backend(source, args, method, brought, tmp_path)
     assert set(results) == {(b, "int8") for b in BACKENDS}
     if source.startswith("smp:"):  # the one that learns here: its agreement is read on several classes
         assert len(classes) >= MIN_CLASSES, f"SMP's float model predicts only classes {classes}: the agreement check says little"
+    informative = len(classes) >= MIN_CLASSES  # agreement with a (nearly) one-class float model is no evidence
+    assert (q.accuracy_note is None) or not informative, q.accuracy_note
     for (backend, precision), (agreement, manifest, artifact, by, db) in results.items():
         _check_manifest(manifest, source, args)
         assert manifest["method"] == method
-        assert agreement >= INT8_AGREEMENT, f"{source} {backend} int8 ({by}): agreement {agreement:.4f} (float mIoU {q.float_miou:.3f})"
+        if informative:
+            assert agreement >= INT8_AGREEMENT, f"{source} {backend} int8 ({by}): agreement {agreement:.4f} (float mIoU {q.float_miou:.3f})"
         floor = INT8_SQNR_DB[_key(source)]
         assert db >= floor, f"{source} {backend} int8 ({by}): logits SQNR {db:.1f} dB < {floor} dB"
         if backend == "tflite" and source.startswith("torchvision:"):
@@ -423,8 +435,9 @@ def test_trained_brought_model_every_method_every_backend(source, args, method, 
     for (backend, precision), (agreement, manifest, _, by, db) in results.items():
         _check_manifest(manifest, source, args)
         floor = INT8_AGREEMENT if precision == "int8" else FP32_AGREEMENT if precision == "fp32" else 0.995
-        assert agreement >= floor, f"{source} {backend} {precision} ({by}): agreement {agreement:.4f}"
-        if len(classes) < MIN_CLASSES and precision == "int8":  # background only (torchvision DeepLabV3 here): SQNR is the check
+        if len(classes) >= MIN_CLASSES:
+            assert agreement >= floor, f"{source} {backend} {precision} ({by}): agreement {agreement:.4f}"
+        elif precision == "int8":  # background only (torchvision DeepLabV3 here): agreement says nothing, SQNR is the check
             assert db >= INT8_SQNR_DB[_key(source)], f"{source} {backend} int8 ({by}): logits SQNR {db:.1f} dB"
 
 
@@ -467,6 +480,42 @@ def test_run_with_a_factory_model_names_it_everywhere(tmp_path, capsys):
     (apps / "ios").mkdir()
     index = install_for_apps([int8], apps, Recipe.from_dict(report["recipe"]))
     assert index["artifacts"]["tflite"]["source_artifact"] == int8.name
+
+
+@pytest.mark.parametrize("spec, epochs", [
+    pytest.param(f"{HERE}:constant_segmenter", 0, marks=pytest.mark.full, id="constant"),  # make test: the unit tests in test_evaluate
+    # trained one epoch at 32x32 it predicts only background (as in the brought-model tests above)
+    pytest.param("torchvision:lraspp_mobilenet_v3_large", 1, marks=pytest.mark.full, id="trained-background-only"),
+])
+def test_a_one_class_reference_is_called_uninformative_in_report_eval_and_manifest(spec, epochs, tmp_path, capsys):
+    """A constant-output model and a trained background-only one: the report (its reference line, a
+    note, the cells), the run's summary, `eval` and the manifests say that agreement and drop say
+    nothing; SQNR stays a figure."""
+    from aspp_edge.evaluate.report import UNINFORMATIVE
+    from aspp_edge.models.brought import slug
+
+    recipe = _recipe_file(tmp_path, {"source": spec}, train={"epochs": epochs}, data={"train_size": 64, "val_size": 16,
+                                                                                        "resolution": BROUGHT_SIZE})
+    out = tmp_path / "run"
+    assert main(["run", "--recipe", recipe, "--backends", "tflite", "--methods", "ptq", "--runs", "2", "--no-peaks",
+                 "--out", str(out)]) == 0
+    summary = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    ref = report["references"][slug(spec)]
+    assert (ref["predicted_classes"], ref["majority_class"], ref["majority_share"]) == (1, "background", 1.0)
+    assert "predicts one class (background) on every val pixel" in ref["note"]
+    assert f"note: {slug(spec)}: {ref['note']}." in summary
+    md = (out / "report.md").read_text()
+    assert "Agreement and mIoU drop are uninformative" in md and ref["note"] in md
+    for row in report["artifacts"]:
+        assert row["agreement"] == 1.0 and row["minority_agreement"] is None and row["accuracy_note"] == ref["note"]
+        assert read_manifest(out / row["path"])["metrics"]["accuracy_note"] == ref["note"]
+        line = next(x for x in md.splitlines() if x.startswith(f"| {row['backend']} {row['precision']}"))
+        assert f"| 1.0000 {UNINFORMATIVE} |" in line and f"{row['sqnr_db']:.1f}" in line
+    int8 = next(out / r["path"] for r in report["artifacts"] if r["precision"] == "int8")
+    assert main(["eval", str(int8)]) == 0
+    printed = capsys.readouterr().out
+    assert "predicts 1 of 6 classes" in printed and f"* uninformative: {ref['note']}." in printed
 
 
 def _sample_png(tmp_path, recipe_path: str):

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from aspp_edge.evaluate.accuracy import Reference, evaluate
-from aspp_edge.evaluate.report import ROW_FIELDS, verdict, write_report
+from aspp_edge.metrics import UNINFORMATIVE_MAJORITY, reference_spread
+from aspp_edge.evaluate.report import ROW_FIELDS, UNINFORMATIVE, markdown, verdict, write_report
 
 
 class Split(torch.utils.data.Dataset):
@@ -71,6 +72,51 @@ def test_evaluate_against_truth_and_reference():
 
     with pytest.raises(ValueError, match="reference was computed on 5"):
         evaluate(FixedRunner(cand), Split(truth[:3]), reference)
+
+
+def test_agreement_off_the_majority_class_by_hand():
+    """Reference [[0 0 0 0] [0 1 2 2]] (class 0 on 5 of 8 pixels), artifact [[0 0 1 0] [0 1 2 0]]:
+    6 of 8 pixels agree; of the 3 non-majority pixels, 2 (the 1 and the first 2); per class 4/5, 1/1, 1/2."""
+    ref = one_hot_logits(np.array([[[0, 0, 0, 0], [0, 1, 2, 2]]]))
+    cand = one_hot_logits(np.array([[[0, 0, 1, 0], [0, 1, 2, 0]]]))
+    reference = Reference(ref, miou=1.0, pixel_accuracy=1.0, device="cpu", class_names=("bg", "a", "b"))
+    assert reference.spread == {"predicted_classes": 3, "classes": 3, "majority_class": "bg", "majority_share": 5 / 8, "note": None}
+    acc = evaluate(FixedRunner(cand), Split(np.zeros((1, 2, 4), np.int64)), reference)
+    assert acc.agreement == pytest.approx(6 / 8) and acc.minority_agreement == pytest.approx(2 / 3)
+    assert acc.class_agreement == pytest.approx({"0": 4 / 5, "1": 1.0, "2": 1 / 2}) and acc.accuracy_note is None
+
+
+def test_a_one_class_reference_is_called_uninformative():
+    constant = reference_spread(np.array([64, 0, 0]), ("background", "disc", "square"))
+    assert constant["predicted_classes"] == 1 and constant["majority_share"] == 1.0
+    assert "predicts one class (background) on every val pixel" in constant["note"] and "read SQNR" in constant["note"]
+    nearly = reference_spread(np.array([985, 15]))  # 98.5%: at or above the threshold
+    assert nearly["majority_share"] >= UNINFORMATIVE_MAJORITY and "class 0) on 98.5% of val pixels" in nearly["note"]
+    assert reference_spread(np.array([970, 20, 10]))["note"] is None  # 97%: agreement still says something
+    # against a constant reference an artifact agreeing on every pixel has no non-majority pixels to be judged on
+    ref = one_hot_logits(np.zeros((2, 4, 4), np.int64))
+    acc = evaluate(FixedRunner(ref.copy()), Split(np.zeros((2, 4, 4), np.int64)), Reference(ref, 1.0, 1.0, "cpu"))
+    assert acc.agreement == 1.0 and acc.minority_agreement is None and "every val pixel" in acc.accuracy_note
+
+
+def test_report_and_verdict_never_read_agreement_from_a_one_class_reference():
+    note = reference_spread(np.array([100, 0, 0]), ("background", "a", "b"))["note"]
+    good = [row("tflite", "int8", "qat", drop=0.0, agreement=1.0), {**row("coreml", "fp16", "none", agreement=1.0), "latency_ms": None}]
+    bad = [{**r, "accuracy_note": note} for r in good]
+    assert "QAT int8 meets the targets" in "\n".join(verdict(good)) and "meets the 0.995 target" in "\n".join(verdict(good))
+    text = "\n".join(verdict(bad))
+    assert "meets" not in text and "QAT int8 is not judged on drop or agreement" in text and "read SQNR" in text
+    assert "Core ML fp16 (coreml 1.0) is not judged on agreement" in text
+    base = {"recipe": {"name": "t"}, "machine": {"processor": "cpu", "cpu_count": 2, "platform": "linux", "gpu": None},
+            "created": "now", "tools": {}, "runtime_peaks": {}, "deploy": None}
+    spread = reference_spread(np.array([100, 0, 0]), ("background", "a", "b"))
+    md = markdown({**base, "artifacts": bad, "references": {"sep_aspp": {"miou": 0.3, "device": "cpu", **spread}}})
+    assert "Agreement and mIoU drop are uninformative" in md and "predicts 1 of 3 classes, the most frequent (background) on 100.0%" in md
+    line = next(x for x in md.splitlines() if x.startswith("| tflite int8 qat"))
+    assert f"| 1.0000 {UNINFORMATIVE} |" in line and f"| 0.00 {UNINFORMATIVE} |" in line
+    informative = reference_spread(np.array([60, 30, 10]))
+    md = markdown({**base, "artifacts": good, "references": {"sep_aspp": {"miou": 0.6, "device": "cpu", **informative}}})
+    assert UNINFORMATIVE not in md and "uninformative" not in md
 
 
 def row(backend, precision, method, *, miou=0.5, drop=0.1, agreement=0.995, median=1.0, ran=True):

@@ -119,6 +119,24 @@ def test_manifests_carry_the_measured_figures(quick_run):
     for row in report(quick_run)["artifacts"]:
         metrics = read_manifest(quick_run / row["path"])["metrics"]
         assert metrics["miou"] == row["miou"] and metrics["evaluated_by"] == row["evaluated_by"]
+        assert metrics["minority_agreement"] == row["minority_agreement"] and metrics["accuracy_note"] is None
+
+
+def test_a_reference_of_several_classes_keeps_agreement_informative(quick_run):
+    """The trained quick model predicts several classes: no uninformative note anywhere, and each
+    row's agreement off the majority class is a figure of its own (below the overall agreement for int8)."""
+    rep = report(quick_run)
+    ref = rep["references"][HEAD]
+    assert ref["predicted_classes"] >= 4 and ref["majority_share"] < 0.9 and ref["note"] is None, ref
+    assert ref["majority_class"] == "background"
+    assert "uninformative" not in (quick_run / "report.md").read_text()
+    for row in rep["artifacts"]:
+        assert row["accuracy_note"] is None and 0.5 < row["minority_agreement"] <= 1.0
+        assert len(row["class_agreement"]) == ref["predicted_classes"]
+        # overall agreement = majority share x the majority class's agreement + the rest x non-majority agreement
+        share = ref["majority_share"]
+        majority_agreement = (row["agreement"] - (1 - share) * row["minority_agreement"]) / share
+        assert majority_agreement == pytest.approx(row["class_agreement"]["0"], abs=1e-6), row  # background is the majority
 
 
 def test_second_run_reuses_every_stage_and_a_deleted_artifact_is_redone_alone(quick_run, tmp_path):

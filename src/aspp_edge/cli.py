@@ -141,6 +141,8 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
         print(f"  {row['tensor']:<28} {row['sqnr_db']:7.2f} dB  range [{row['min']:.3g}, {row['max']:.3g}]  scale {row['scale']:.3g}")
     print(f"\n{r.method}: float mIoU {r.float_miou:.4f}  int8 mIoU {r.int8_miou:.4f}  drop {r.miou_drop_points:.2f} points")
     print(f"logits SQNR {r.sqnr_db:.2f} dB, argmax agreement {r.agreement:.4f}, {r.seconds:.0f} s -> {r.program}")
+    if r.accuracy_note:
+        print(f"note: drop and agreement are uninformative: {r.accuracy_note}.")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -188,7 +190,7 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> None:
     from .config import load_recipe
-    from .evaluate.report import table
+    from .evaluate.report import reference_line, table, uninformative_notes
     from .pipeline import run
 
     s = run(load_recipe(args.recipe), args.out, heads=args.heads, models=_model_entries(args) or None, backends=args.backends,
@@ -196,8 +198,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
             runs=args.runs, peaks=not args.no_peaks, force=args.force, for_apps=args.for_apps, fp16=args.fp16)
     print(f"\nsummary: recipe {s.recipe}, float reference on {s.device}; {s.stages_run} stages ran, {s.stages_reused} reused, {s.seconds:.0f} s")
     for head, ref in s.references.items():
-        print(f"  float {head}: mIoU {ref['miou']:.4f}, {ref['params'] / 1e6:.2f} M params, {ref['gmacs']:.3f} GMACs")
+        print(f"  float {reference_line(head, ref)}; {ref['params'] / 1e6:.2f} M params, {ref['gmacs']:.3f} GMACs")
     print("\n".join(table(s.rows, with_head=len(s.references) > 1)))
+    for note in uninformative_notes(s.references):
+        print(f"note: {note}")
     if s.deploy:
         from .evaluate.latency_table import per_model_table
 
@@ -225,14 +229,23 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
     rows = eval_artifacts(args.artifacts, recipe=load_recipe(args.recipe) if args.recipe else None, reference=args.reference,
                           threads=args.threads)
-    print(f"{'artifact':<48} {'mIoU':>7} {'drop pts':>8} {'agree':>7} {'SQNR dB':>8}  evaluated by")
+    print(f"{'artifact':<48} {'mIoU':>7} {'drop pts':>8} {'agree':>7} {'non-maj':>7} {'SQNR dB':>8}  evaluated by")
     for r in rows:
         name = r["path"].rsplit("/", 1)[-1]
         if "miou" not in r:
-            print(f"{name:<48} {'-':>7} {'-':>8} {'-':>7} {'-':>8}  {r['evaluated_by']}")
+            print(f"{name:<48} {'-':>7} {'-':>8} {'-':>7} {'-':>7} {'-':>8}  {r['evaluated_by']}")
             continue
-        print(f"{name:<48} {r['miou']:>7.4f} {r['miou_drop']:>8.2f} {r['agreement']:>7.4f} {r['sqnr_db']:>8.1f}  {r['evaluated_by']}")
-    print(f"reference: {rows[0]['reference']} on {rows[0]['reference_device']}, mIoU {rows[0]['reference_miou']:.4f}")
+        flag = "*" if r.get("accuracy_note") else " "  # measured against a one-class reference: said below
+        minority = "-" if r["minority_agreement"] is None else f"{r['minority_agreement']:.4f}"
+        print(f"{name:<48} {r['miou']:>7.4f} {r['miou_drop']:>7.2f}{flag} {r['agreement']:>6.4f}{flag} {minority:>7} {r['sqnr_db']:>8.1f}  "
+              f"{r['evaluated_by']}")
+    for ref in {r["reference"]: r for r in rows}.values():
+        spread = ref["reference_spread"]
+        print(f"reference: {ref['reference']} on {ref['reference_device']}, mIoU {ref['reference_miou']:.4f}, predicts "
+              f"{spread['predicted_classes']} of {spread['classes']} classes, the most frequent ({spread['majority_class']}) on "
+              f"{100 * spread['majority_share']:.1f}% of val pixels")
+        if spread["note"]:
+            print(f"* uninformative: {spread['note']}.")
 
 
 def _cmd_bench_device(args: argparse.Namespace) -> None:

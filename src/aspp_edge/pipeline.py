@@ -37,7 +37,7 @@ from .stages import Stage, StageBook
 ALL = "all"
 LOG_FILE = "run.log"
 # Bump when a stage's code changes what it writes, so old outputs are not reused.
-STAGE_VERSIONS = {"float": 1, "quantize": 1, "export": 1, "eval": 3, "reference": 1, "peaks": 1}
+STAGE_VERSIONS = {"float": 1, "quantize": 1, "export": 1, "eval": 4, "reference": 2, "peaks": 1}
 
 
 def apps_artifacts(rows: list[dict[str, Any]], head: str, out: Path) -> list[Path]:
@@ -363,7 +363,7 @@ class _Bodies:
         model, ref = self.reference_logits(recipe, ckpt)
         stats = model_stats(model)
         payload = {"head": head, "model": describe_model(recipe, model), "device": ref.device, "miou": ref.miou, "pixel_accuracy": ref.pixel_accuracy,
-                   "checkpoint": str(ckpt.relative_to(self.out)), "checkpoint_sha256": sha256_file(ckpt),
+                   **ref.spread, "checkpoint": str(ckpt.relative_to(self.out)), "checkpoint_sha256": sha256_file(ckpt),
                    "params": stats.params, "gmacs": stats.macs / 1e9, "images": len(ref.logits)}
         _write_masks(path.with_suffix(".npz"), ref.masks)
         with atomic_path(path) as tmp:
@@ -390,8 +390,9 @@ class _Bodies:
         _write_masks(result.with_suffix(".npz"), masks)
         with atomic_path(result) as tmp:
             tmp.write_text(json.dumps(row, indent=2))
-        add_metrics(artifact, {k: row[k] for k in ("miou", "miou_drop", "agreement", "sqnr_db", "latency_ms", "load_ms",
-                                                   "peak_rss_mb", "gmacs_per_s", "threads", "evaluated_by") if k in row})
+        add_metrics(artifact, {k: row[k] for k in ("miou", "miou_drop", "agreement", "minority_agreement", "sqnr_db", "latency_ms",
+                                                   "load_ms", "peak_rss_mb", "gmacs_per_s", "threads", "evaluated_by", "accuracy_note")
+                               if k in row})
 
     def write_peaks(self) -> None:
         from .evaluate.latency import runtime_peaks
@@ -488,7 +489,8 @@ def eval_artifacts(paths: list[str | Path], *, recipe: Recipe | None = None, ref
             val = build_dataset(ckpt_recipe, "val")
             refs[ckpt] = (ckpt_recipe, val, float_reference(model, val, batch_size=ckpt_recipe.train.batch_size, progress=progress))
         ckpt_recipe, val, ref = refs[ckpt]
-        row = {"path": str(path), "reference": str(ckpt), "reference_device": ref.device, "reference_miou": ref.miou}
+        row = {"path": str(path), "reference": str(ckpt), "reference_device": ref.device, "reference_miou": ref.miou,
+               "reference_spread": ref.spread}
         try:
             runner = runtime.load(path, threads=threads)
         except runtime.RuntimeMissing as exc:

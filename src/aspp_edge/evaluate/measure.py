@@ -31,8 +31,9 @@ def measure_artifact(artifact: Path, *, root: Path, head: str, gmacs: float, ref
     acc = evaluate(runner, val, reference, batch_size=batch_size, progress=progress)
     del runner
     result.evaluated_by, result.reference_device = EvaluatedBy(acc.evaluated_by), reference.device
-    result.accuracy = {"miou": acc.miou, "miou_drop": acc.miou_drop, "agreement": acc.agreement, "sqnr_db": acc.sqnr_db,
-                       "pixel_accuracy": acc.pixel_accuracy}
+    result.accuracy = {"miou": acc.miou, "miou_drop": acc.miou_drop, "agreement": acc.agreement,
+                       "minority_agreement": acc.minority_agreement, "class_agreement": acc.class_agreement, "sqnr_db": acc.sqnr_db,
+                       "pixel_accuracy": acc.pixel_accuracy, "accuracy_note": acc.accuracy_note}
     if not result.evaluated_by.interpreted:  # an interpreter's speed says nothing about the runtime's kernels
         result.latency = measure(artifact, threads=threads, runs=runs, warmup=warmup, profile=artifact.suffix == ".pte")
     return result, acc.masks

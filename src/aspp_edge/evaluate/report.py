@@ -26,7 +26,7 @@ from .results import MIL_REFERENCE as INTERPRETED
 from .results import evaluated_by
 
 ROW_FIELDS = (
-    "path", "backend", "precision", "method", "head", "miou", "miou_drop", "agreement", "sqnr_db", "latency_ms",
+    "path", "backend", "precision", "method", "head", "miou", "miou_drop", "agreement", "minority_agreement", "sqnr_db", "latency_ms",
     "load_ms", "size_bytes", "peak_rss_mb", "gmacs", "gmacs_per_s", "evaluated_by",
 )
 # Targets the verdict states against the measured figures: what a deployed int8 model must keep of
@@ -106,16 +106,42 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
+UNINFORMATIVE = "(uninformative)"  # beside an agreement or drop measured against a one-class reference
+
+
+def reference_line(head: str, ref: dict[str, Any]) -> str:
+    """Is the reference any good: its mIoU, the classes it predicts and its majority class's share."""
+    line = f"{head}: mIoU {ref['miou']:.4f} on {ref['device']}"
+    if "predicted_classes" in ref:
+        line += (f", predicts {ref['predicted_classes']} of {ref['classes']} classes, the most frequent ({ref['majority_class']}) "
+                 f"on {100 * ref['majority_share']:.1f}% of val pixels")
+    return line
+
+
+def uninformative_notes(references: dict[str, dict[str, Any]]) -> list[str]:
+    """One sentence per model whose reference makes agreement and drop say nothing."""
+    return [f"{head}: {ref['note']}." for head, ref in references.items() if ref.get("note")]
+
+
+def _marked(row: dict[str, Any], key: str, spec: str) -> str:
+    text = _fmt(row.get(key), spec)
+    return f"{text} {UNINFORMATIVE}" if row.get("accuracy_note") and text != "-" else text
+
+
 def table(rows: list[dict[str, Any]], *, with_head: bool) -> list[str]:
+    """The accuracy and latency table; agreement and drop measured against a one-class reference
+    say so in their cells. 'non-majority agreement': agreement over the pixels where the reference
+    predicts a class other than its most frequent one."""
     lines = [
-        "| artifact | mIoU | drop (pts) | agreement | SQNR dB | median ms | p90 ms | load ms | MB | peak RSS MB | GMAC/s | evaluated by |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| artifact | mIoU | drop (pts) | agreement | non-majority agreement | SQNR dB | median ms | p90 ms | load ms | MB "
+        "| peak RSS MB | GMAC/s | evaluated by |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lat = r.get("latency_ms") or {}
         lines.append(
-            f"| {label(r, with_head)} | {_fmt(r['miou'], '.4f')} | {_fmt(r['miou_drop'], '.2f')} | {_fmt(r['agreement'], '.4f')} "
-            f"| {_fmt(r['sqnr_db'], '.1f')} | {_fmt(lat.get('median'), '.3f')} | {_fmt(lat.get('p90'), '.3f')} "
+            f"| {label(r, with_head)} | {_fmt(r['miou'], '.4f')} | {_marked(r, 'miou_drop', '.2f')} | {_marked(r, 'agreement', '.4f')} "
+            f"| {_fmt(r.get('minority_agreement'), '.4f')} | {_fmt(r['sqnr_db'], '.1f')} | {_fmt(lat.get('median'), '.3f')} | {_fmt(lat.get('p90'), '.3f')} "
             f"| {_fmt(r['load_ms'], '.0f')} | {r['size_bytes'] / 1e6:.2f} | {_fmt(r['peak_rss_mb'], '.0f')} "
             f"| {_fmt(r['gmacs_per_s'], '.1f')} | {r['evaluated_by']} |"
         )
@@ -144,7 +170,12 @@ def verdict(rows: list[dict[str, Any]], deploy: dict[str, Any] | None = None) ->
     for head in dict.fromkeys(r["head"] for r in rows):
         mine = [r for r in rows if r["head"] == head and ran(r)]
         qat = [r for r in mine if r["method"] == "qat"]
-        if qat:
+        note = next((r["accuracy_note"] for r in mine if r.get("accuracy_note")), None)
+        if qat and note:  # never "meets" on agreement or drop against a one-class reference
+            worst_sqnr = min(qat, key=lambda r: r["sqnr_db"])
+            out.append(f"- {head}: QAT int8 is not judged on drop or agreement: {note} (lowest int8 QAT SQNR "
+                       f"{worst_sqnr['sqnr_db']:.1f} dB, {worst_sqnr['backend']}).")
+        elif qat:
             worst_drop = max(qat, key=lambda r: r["miou_drop"])
             worst_agree = min(qat, key=lambda r: r["agreement"])
             ok = worst_drop["miou_drop"] <= QAT_MAX_DROP and worst_agree["agreement"] >= QAT_MIN_AGREEMENT
@@ -165,7 +196,10 @@ def verdict(rows: list[dict[str, Any]], deploy: dict[str, Any] | None = None) ->
                     f"{overhead_note(fp[0].get('gmacs'))}."
                 )
         for r in (r for r in mine if r["backend"] == "coreml"):
-            if r["precision"] == "fp16":
+            if note and (r["precision"] == "fp16" or r.get("agreement_with")):
+                out.append(f"- {head}: Core ML {r['precision']} {'' if r['method'] == 'none' else r['method'] + ' '}({r['evaluated_by']}) "
+                           f"is not judged on agreement: {note} (SQNR {r['sqnr_db']:.1f} dB).")
+            elif r["precision"] == "fp16":
                 out.append(f"- {head}: Core ML fp16 ({r['evaluated_by']}) agrees with the float model on {r['agreement']:.4f} of pixels "
                            f"({'meets' if r['agreement'] >= COREML_FP16_MIN_AGREEMENT else 'misses'} the {COREML_FP16_MIN_AGREEMENT} target).")
             elif r.get("agreement_with"):
@@ -196,6 +230,7 @@ def _mixed_trade(head: str, mine: list[dict[str, Any]]) -> list[str]:
         return []
     layers = mixed[0].get("float_layers") or []
     out = [f"- {head}: mixed precision keeps {len(layers)} layer(s) in float ({', '.join(layers) or 'none'})."]
+    note = mixed[0].get("accuracy_note")
     for r in mixed:
         full = next((p for p in mine if (p["backend"], p["precision"], p["method"]) == (r["backend"], "int8", "ptq")), None)
         if full is None:
@@ -204,8 +239,9 @@ def _mixed_trade(head: str, mine: list[dict[str, Any]]) -> list[str]:
         if r.get("latency_ms") and full.get("latency_ms"):
             delta = r["latency_ms"]["median"] - full["latency_ms"]["median"]
             cost = f", median latency {delta:+.3f} ms ({r['latency_ms']['median']:.3f} vs {full['latency_ms']['median']:.3f}){overhead_note(r.get('gmacs'))}"
-        out.append(f"- {head}: {r['backend']} mixed vs full-int8 PTQ: drop {r['miou_drop']:.2f} vs {full['miou_drop']:.2f} points, "
-                   f"agreement {r['agreement']:.4f} vs {full['agreement']:.4f}, size {r['size_bytes'] / 1e6:.2f} vs "
+        figures = (f"SQNR {r['sqnr_db']:.1f} vs {full['sqnr_db']:.1f} dB (drop and agreement say nothing: {note})" if note else
+                   f"drop {r['miou_drop']:.2f} vs {full['miou_drop']:.2f} points, agreement {r['agreement']:.4f} vs {full['agreement']:.4f}")
+        out.append(f"- {head}: {r['backend']} mixed vs full-int8 PTQ: {figures}, size {r['size_bytes'] / 1e6:.2f} vs "
                    f"{full['size_bytes'] / 1e6:.2f} MB{cost}.")
     return out
 
@@ -253,10 +289,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"Machine: {m['processor']}, {m['cpu_count']} cores, {m['platform']}; GPU: {m['gpu'] or 'none'}.",
         f"Made by `{report.get('command') or 'unknown command'}` at code {report.get('git') or 'unknown'} on {report['created']}; "
         + ", ".join(f"{k} {v}" for k, v in report.get("tools", {}).items()) + ".",
-        "Float reference " + "; ".join(f"{h}: mIoU {refs[h]['miou']:.4f} on {refs[h]['device']}" for h in heads if h in refs) + ".",
+        "Float reference " + "; ".join(reference_line(h, refs[h]) for h in heads if h in refs) + ".",
         "Latency: median/p90 of timed runs after warm-up, each artifact in its own process, all cores unless stated; "
         "reported, not asserted. Agreement and SQNR are against the float reference's logits on the val split.",
     ]
+    notes = uninformative_notes({h: refs[h] for h in heads if h in refs})
+    if notes:
+        lines += [f"**Agreement and mIoU drop are uninformative {UNINFORMATIVE}** for " + " ".join(notes)]
     described = [(h, refs[h]["model"]) for h in heads if h in refs and refs[h].get("model")]
     if any("source" in m for _, m in described):  # brought models beside ours: say what each one is
         from ..formats.manifest import describe_model_section

@@ -54,7 +54,8 @@ def evaluated_by(row: dict[str, Any]) -> EvaluatedBy:
     return EvaluatedBy(str(row.get("evaluated_by", "")))
 
 
-ACCURACY_FIELDS = ("miou", "miou_drop", "agreement", "sqnr_db", "pixel_accuracy")
+ACCURACY_FIELDS = ("miou", "miou_drop", "agreement", "minority_agreement", "class_agreement", "sqnr_db", "pixel_accuracy",
+                   "accuracy_note")
 LATENCY_FIELDS = ("latency_ms", "load_ms", "peak_rss_mb", "gmacs_per_s", "threads")
 
 

@@ -19,6 +19,7 @@ from ..data import build_dataset, calibration_dataset
 from ..distributed import finish_distributed, init_distributed
 from ..errors import ConfigError, choices_error
 from ..fileio import sha256_file
+from ..metrics import reference_spread
 from ..train import evaluate_miou
 from . import QuantizedModel, fold_weights, quantize
 
@@ -40,6 +41,7 @@ class QuantizeResult:
     float_layers: list[str] = dataclasses.field(default_factory=list)  # layers kept in float (mixed precision)
     keep_float_auto: dict[str, Any] | None = None  # keep_float auto: greedy steps, max_drop, whether it held
     sensitivity: Any = None  # SensitivityReport, with --sensitivity or keep_float auto
+    accuracy_note: str | None = None  # the float model predicts one class on nearly every pixel: agreement says nothing
 
 
 def method_config(recipe: Recipe, method: str, **overrides: Any):
@@ -90,6 +92,9 @@ def quantize_checkpoint(
     int8_miou = evaluate_miou(converted, val, torch.device("cpu"), recipe.train.batch_size)
     images = torch.stack([val[i][0] for i in range(min(SQNR_IMAGES, len(val)))])
     sqnr, agreement = compare_logits(model, converted, images)
+    with torch.no_grad():  # how varied the float model's own predictions are: is agreement informative
+        classes = torch.bincount(model(images).argmax(1).ravel(), minlength=val.num_classes).numpy()
+    spread = reference_spread(classes, tuple(getattr(val, "classes", ()) or ()))
     qmodel.prepared.apply(disable_fake_quant)
     try:
         layers = layer_report(qmodel.prepared, converted, calib[0][:REPORT_IMAGES])
@@ -107,7 +112,8 @@ def quantize_checkpoint(
         **cle_meta, "rank_weight_sha256": qmodel.prepared.meta.get("rank_weight_sha256"), "world_size": ctx.world,
         "recipe": recipe.to_dict(), "source_checkpoint_sha256": sha256_file(checkpoint), "calibration_split": calib_split,
         "float_miou": float_miou, "int8_miou": int8_miou, "miou_drop_points": 100 * (float_miou - int8_miou),
-        "sqnr_db": sqnr, "agreement": agreement, "evaluated_on": "int8 Q/DQ reference program (PyTorch, cpu)",
+        "sqnr_db": sqnr, "agreement": agreement, "accuracy_note": spread["note"],
+        "evaluated_on": "int8 Q/DQ reference program (PyTorch, cpu)",
     }
     report = qmodel.sensitivity
     from .sensitivity import SENSITIVITY_IMAGES, TOP_CANDIDATES, analyze
@@ -132,4 +138,5 @@ def quantize_checkpoint(
         miou_drop_points=100 * (float_miou - int8_miou), sqnr_db=sqnr, agreement=agreement,
         seconds=time.perf_counter() - started, worst_layers=layers[:5], float_layers=list(qmodel.float_layers),
         keep_float_auto=qmodel.selection, sensitivity=report if (sensitivity or config.auto_float) else None,
+        accuracy_note=spread["note"],
     )
