@@ -179,3 +179,24 @@ def test_ce_dice_loss_ignores_pixels_and_is_zero_when_perfect():
     assert loss(noisy, ignored).item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ConfigError, match=r"unknown train.loss 'focal'; valid choices: ce, ce_dice"):
         load_recipe("quick").replace(train={"loss": "focal"})
+
+
+def _weights_digest(checkpoint) -> str:
+    return state_dict_sha256(torch.load(checkpoint, weights_only=True)["state_dict"])
+
+
+def test_a_seed_reproduces_the_weights_bit_for_bit_and_the_conditions_are_recorded(tmp_path, quick_recipe):
+    """Same seed and thread count: identical weights (the default model is deterministic on CPU under
+    torch's deterministic algorithms); another seed differs; the checkpoint records threads and ISA;
+    torch's own settings are restored after training."""
+    short = quick_recipe.replace(train={"epochs": 1, "threads": 1}, data={"train_size": 32, "val_size": 8, "resolution": 32})
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    a, b = train(short, tmp_path / "a", progress=False), train(short, tmp_path / "b", progress=False)
+    other = train(short.replace(train={"seed": 1}), tmp_path / "c", progress=False)
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
+    assert _weights_digest(a.checkpoint) == _weights_digest(b.checkpoint) != _weights_digest(other.checkpoint)
+    record = torch.load(a.checkpoint, weights_only=True)["determinism"]
+    assert record["threads"] == 1 and record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert record["torch"] == torch.__version__ and record["device"] == "cpu"
+    with pytest.raises(ConfigError, match="train.threads -1 must be >= 0"):
+        quick_recipe.replace(train={"threads": -1})

@@ -121,6 +121,9 @@ class TrainConfig:
     loss: str = "ce"
     seed: int = 0
     num_workers: int = 0
+    # CPU threads for training (0: torch's default). The trained weights depend on it: reductions
+    # split their sums by thread, so a seed reproduces bit for bit only at the same count (train.py).
+    threads: int = 0
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -137,6 +140,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr {self.lr!r} must be > 0")
         if self.num_workers < 0:
             raise ConfigError(f"train.num_workers {self.num_workers!r} must be >= 0")
+        if self.threads < 0:
+            raise ConfigError(f"train.threads {self.threads!r} must be >= 0 (0: torch's default)")
 
 
 OBSERVERS = ("minmax", "ema", "percentile", "mse")  # PTQ activation observers (calibration/observers.py)

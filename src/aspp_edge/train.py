@@ -5,6 +5,15 @@ Runs as one process, or under `torchrun --nproc-per-node N` as DDP with no code 
 CPU, NCCL on CUDA). Rank 0 writes the checkpoints and shows the progress bar; validation is
 sharded across ranks and its confusion matrices are summed.
 
+Reproducible for a given seed wherever torch allows: the seed fixes the initial weights, the data
+order and each epoch's augmentation; training runs with torch's deterministic algorithms (CUDA ops
+without one warn, into the run's log) and, where the recipe says, a fixed thread count. What torch
+cannot make equal is the arithmetic of different machines: the weights after one epoch of the
+default model differ bit-wise between 1 and 2 threads, and between oneDNN's AVX-512 and AVX2
+kernels (`ONEDNN_MAX_CPU_ISA=AVX2`) on the same CPU, and training amplifies such last-bit
+differences into a different model. The checkpoint records what it was trained with
+(`determinism`); the same seed, threads, kernels' ISA and versions give the same weights.
+
 Files in `out_dir`:
     last.pt   resume state (model, optimizer, scheduler, epoch, history, recipe)
     float.pt  the trained float model: state dict, recipe, val mIoU, per-rank weight hashes
@@ -12,6 +21,8 @@ Files in `out_dir`:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +52,32 @@ class TrainResult:
     device: str
     world_size: int
     history: list[dict] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def deterministic(threads: int):
+    """Deterministic algorithms and `threads` CPU threads (0: leave torch's count) while training;
+    restores torch's settings after."""
+    saved = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic workspace (read at its first use)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
+
+
+def determinism_record(device: torch.device) -> dict:
+    """What the weights of a seeded run depend on besides the recipe: threads, kernels' ISA, versions."""
+    return {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
+            "torch": str(torch.__version__), "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
 def poly_lambda(total_steps: int, power: float, warmup_steps: int = 0):
@@ -102,7 +139,11 @@ def train(
     recipe: Recipe, out_dir: str | Path, *, resume: bool = False, device: torch.device | str | None = None, progress: bool = True
 ) -> TrainResult:
     """Train the recipe's float model into `out_dir`; returns the final checkpoint and val mIoU."""
-    out = Path(out_dir)
+    with deterministic(recipe.train.threads):
+        return _train(recipe, Path(out_dir), resume=resume, device=device, progress=progress)
+
+
+def _train(recipe: Recipe, out: Path, *, resume: bool, device: torch.device | str | None, progress: bool) -> TrainResult:
     ctx, dev = init_distributed(torch.device(device) if device is not None else None)
     cfg = recipe.train
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
@@ -183,10 +224,12 @@ def train(
         save_checkpoint(final, {
             "state_dict": model.state_dict(), "recipe": recipe.to_dict(), "val_miou": miou, "history": history,
             "rank_weight_sha256": rank_hashes, "device": str(dev), "world_size": ctx.world, "train_seconds": seconds,
+            "determinism": determinism_record(dev),
         })
     finish_distributed(ctx)
     result = TrainResult(final, miou, seconds, str(dev), ctx.world, history)
     if progress and ctx.main:
         progress_line(f"trained {recipe.name}: {model_label(recipe.model)}, "
-                      f"{cfg.epochs} epochs, {seconds:.0f} s on {dev} x{ctx.world}; val mIoU {miou:.4f} -> {final}")
+                      f"{cfg.epochs} epochs, {seconds:.0f} s on {dev} x{ctx.world} ({torch.get_num_threads()} threads, "
+                      f"{torch.backends.cpu.get_cpu_capability()}); val mIoU {miou:.4f} -> {final}")
     return result
