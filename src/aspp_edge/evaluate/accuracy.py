@@ -9,8 +9,9 @@ Agreement is only as informative as the reference is varied: against a float mod
 one class on (nearly) every pixel, an artifact that outputs that class everywhere agrees on
 (nearly) every pixel whatever else it does. So the reference also says how many classes it
 predicts and the share of its most frequent one, each result adds agreement on the pixels where
-the reference predicts another class (and per reference class), and `Reference.note` is the
-sentence every report, manifest and CLI shows beside agreement and drop when they say nothing.
+the reference predicts another class (and per reference class), and the spread's note is the
+sentence every report, manifest and CLI shows beside agreement and drop when they say nothing
+(`Reference.spread["note"]`).
 """
 
 from __future__ import annotations
