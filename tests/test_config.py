@@ -57,14 +57,18 @@ def test_unknown_recipe_name():
 
 
 def test_qat_freeze_steps_scale_with_steps(tmp_path):
-    """A recipe that shortens QAT without naming the freeze steps loads (issue 19 item 7): unset,
-    they are 2/3 and 5/6 of `steps`; set, they are kept and checked against `steps`."""
+    """A recipe that shortens QAT without naming the freeze steps loads (issue 19 item 7): by default
+    BN and ranges are held from step 0 (issue 37); `null` makes them 2/3 and 5/6 of `steps`; set,
+    they are kept and checked against `steps`."""
     short = load_recipe(_write(tmp_path, "qat:\n  steps: 4\n")).qat
-    assert (short.freeze_bn_step, short.freeze_observer_step) == (None, None)
-    assert (short.bn_freeze_at, short.observer_freeze_at) == (2, 3)
+    assert (short.freeze_bn_step, short.freeze_observer_step) == (0, 0) == (short.bn_freeze_at, short.observer_freeze_at)
+    scaled = load_recipe(_write(tmp_path, "qat:\n  steps: 4\n  freeze_bn_step: null\n  freeze_observer_step: null\n")).qat
+    assert (scaled.freeze_bn_step, scaled.freeze_observer_step) == (None, None)
+    assert (scaled.bn_freeze_at, scaled.observer_freeze_at) == (2, 3)
     from aspp_edge.config import QATConfig
 
-    assert (QATConfig().bn_freeze_at, QATConfig().observer_freeze_at) == (200, 250)  # the former fixed defaults
+    unset = QATConfig(freeze_bn_step=None, freeze_observer_step=None)
+    assert (unset.bn_freeze_at, unset.observer_freeze_at) == (200, 250)
     assert (QATConfig(steps=1).bn_freeze_at, QATConfig(steps=1).observer_freeze_at) == (0, 0)
     assert QATConfig(steps=10, freeze_bn_step=10, freeze_observer_step=0).bn_freeze_at == 10
     # a changed `steps` keeps the unset steps relative, and `replace` keeps them unset

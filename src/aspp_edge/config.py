@@ -146,6 +146,7 @@ class TrainConfig:
 
 OBSERVERS = ("minmax", "ema", "percentile", "mse")  # PTQ activation observers (calibration/observers.py)
 METHODS = ("ptq", "qat")  # how an int8 program is made: each is a recipe section
+QAT_SELECT = ("best", "last")  # which of QAT's measured steps is returned (config.QATConfig.select)
 # `aspp-edge run` also offers `mixed` (opt-in): PTQ with layers kept in float, beside full int8. Its
 # layers: the recipe's ptq.keep_float where it names some, else `auto` at ptq.max_drop (or this).
 RUN_METHODS = (*METHODS, "mixed")
@@ -243,23 +244,35 @@ class QATConfig(_QuantSection):
     FREEZE_BN_FRACTION: ClassVar[tuple[int, int]] = (2, 3)  # of `steps`, when freeze_bn_step is unset
     FREEZE_OBSERVER_FRACTION: ClassVar[tuple[int, int]] = (5, 6)  # of `steps`, when freeze_observer_step is unset
 
+    # The defaults start QAT where PTQ is (the ranges PTQ's minmax observer picks, held; BN on its
+    # running statistics) and train the int8 model towards the float model it is judged against:
+    # training BN on batch statistics or letting the ranges move took a trained MobileNetV3 from
+    # 28.7 to 22.4 dB logits SQNR in 60 steps (issue 37, benchmarks/results/qat_probe_mnv3.md).
     steps: int = 300
     batch_size: int = 16
-    lr: float = 1e-4
+    lr: float = 1e-5
     weight_decay: float = 0.0
-    freeze_bn_step: int | None = None  # None: 2/3 of steps
-    freeze_observer_step: int | None = None  # None: 5/6 of steps
-    observer: str = "ema"  # activation ranges: ema (XNNPACK's fused fake quant) or a PTQ observer inside FakeQuantize
+    freeze_bn_step: int | None = 0  # None: 2/3 of steps
+    freeze_observer_step: int | None = 0  # None: 5/6 of steps
+    observer: str = "minmax"  # activation ranges: a PTQ observer inside FakeQuantize, or ema (XNNPACK's fused fake quant)
     per_channel: bool = True
     calib_size: int = 64  # forward passes that initialise the fake-quant ranges before training
-    distill: float = 0.0  # weight of the KL loss to the float model's logits (1 - distill stays on the labels)
+    distill: float = 1.0  # weight of the KL loss to the float model's logits (1 - distill stays on the labels)
     seed: int = 0
     keep_float: tuple[str, ...] | str = ()  # layers kept in float (mixed precision), or "auto" (chosen on the PTQ program)
     max_drop: float | None = None  # keep_float auto: val mIoU drop target, points
     max_float_layers: int | None = None  # keep_float auto: at most this many float layers
+    # The program is measured against the float model (per-pixel KL on the calibration images) at
+    # step 0 and `checks` times while it trains; `best` returns the least-KL check, `last` the last.
+    select: str = "best"
+    checks: int = 10
 
     def __post_init__(self) -> None:
         self._check_keep_float()
+        if self.select not in QAT_SELECT:
+            raise choices_error("qat.select", self.select, QAT_SELECT)
+        if self.checks < 1:
+            raise ConfigError(f"qat.checks {self.checks!r} must be >= 1")
         if self.steps < 1:
             raise ConfigError(f"qat.steps {self.steps!r} must be >= 1")
         for key in ("freeze_bn_step", "freeze_observer_step"):

@@ -37,6 +37,15 @@ def init_distributed(device: torch.device | None) -> tuple[DistContext, torch.de
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank), device
 
 
+def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
+    """Rank 0's `flag` on every rank (a decision all ranks must take alike)."""
+    if ctx.world == 1:
+        return flag
+    box = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
 def sync_and_hash(model: torch.nn.Module, ctx: DistContext) -> list[str]:
     """Give every rank rank 0's buffers (BN statistics, observer ranges), then check that all ranks
     hold the same weights; returns each rank's state-dict hash."""

@@ -18,6 +18,7 @@ import torch
 from torch.fx import GraphModule
 from torch.utils.data import Dataset
 from torchao.quantization.pt2e import allow_exported_model_train_eval
+from torchao.quantization.pt2e.export_utils import _EXPORTED_TRAINING_ATTR
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
 from ..config import PTQConfig, QATConfig
@@ -54,6 +55,7 @@ class QuantizedModel:
         converted = convert_pt2e(copy.deepcopy(self.prepared), fold_quantize=False)
         drop_saturated_clamps(converted)
         converted = allow_exported_model_train_eval(converted)
+        setattr(converted, _EXPORTED_TRAINING_ATTR, False)  # an inference program: `.eval()` must not rebuild its BN (qat.set_mode)
         return fold_weights(converted, inplace=True) if fold_quantize else converted
 
     def qparams(self) -> list[dict[str, Any]]:

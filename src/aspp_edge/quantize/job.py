@@ -42,6 +42,7 @@ class QuantizeResult:
     keep_float_auto: dict[str, Any] | None = None  # keep_float auto: greedy steps, max_drop, whether it held
     sensitivity: Any = None  # SensitivityReport, with --sensitivity or keep_float auto
     accuracy_note: str | None = None  # the float model predicts one class on nearly every pixel: agreement says nothing
+    qat_selection: dict[str, Any] | None = None  # QAT: the step returned and every check (qat.qat)
 
 
 def method_config(recipe: Recipe, method: str, **overrides: Any):
@@ -114,6 +115,7 @@ def quantize_checkpoint(
         "float_miou": float_miou, "int8_miou": int8_miou, "miou_drop_points": 100 * (float_miou - int8_miou),
         "sqnr_db": sqnr, "agreement": agreement, "accuracy_note": spread["note"],
         "evaluated_on": "int8 Q/DQ reference program (PyTorch, cpu)",
+        **({"qat_selection": qmodel.prepared.meta["qat_selection"]} if "qat_selection" in qmodel.prepared.meta else {}),
     }
     report = qmodel.sensitivity
     from .sensitivity import SENSITIVITY_IMAGES, TOP_CANDIDATES, analyze
@@ -138,5 +140,5 @@ def quantize_checkpoint(
         miou_drop_points=100 * (float_miou - int8_miou), sqnr_db=sqnr, agreement=agreement,
         seconds=time.perf_counter() - started, worst_layers=layers[:5], float_layers=list(qmodel.float_layers),
         keep_float_auto=qmodel.selection, sensitivity=report if (sensitivity or config.auto_float) else None,
-        accuracy_note=spread["note"],
+        accuracy_note=spread["note"], qat_selection=qmodel.prepared.meta.get("qat_selection"),
     )
