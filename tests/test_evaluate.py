@@ -144,6 +144,26 @@ def test_verdict_states_each_target_against_the_figures():
     assert "QAT int8 meets the targets" in ok[0]
 
 
+def test_verdict_names_the_backends_where_qat_ends_worse_than_ptq_and_apps_ship_the_better():
+    """Issue 37: QAT worse than PTQ on a backend is said, with both drops; `--for-apps` picks the
+    higher-mIoU int8 artifact per backend and says why (the other program's mIoU beside it)."""
+    from pathlib import Path
+
+    from aspp_edge.pipeline import apps_artifacts
+
+    rows = [row("executorch", "fp32", "none", miou=0.55, drop=0.0), row("executorch", "int8", "ptq", miou=0.548, drop=0.2),
+            row("executorch", "int8", "qat", miou=0.545, drop=0.5), row("tflite", "int8", "ptq", miou=0.548, drop=0.2),
+            row("tflite", "int8", "qat", miou=0.549, drop=0.1)]
+    text = "\n".join(verdict(rows))
+    assert "QAT ends worse than PTQ on executorch (drop 0.50 vs 0.20 points): ship the PTQ artifact there" in text
+    assert "tflite" not in text.split("QAT ends worse than PTQ on")[1].split(":")[0]
+    held = "\n".join(verdict([r for r in rows if not (r["backend"] == "executorch" and r["method"] == "qat")]))
+    assert "QAT is no worse than PTQ on any backend: tflite (drop 0.10 vs 0.20 points)" in held and "ends worse" not in held
+    chosen, reasons = apps_artifacts(rows, "sep_aspp", Path("out"))
+    assert [p.name for p in chosen] == ["executorch_int8_ptq", "tflite_int8_qat"]
+    assert reasons == ["executorch: ptq int8 (val mIoU 0.5480; qat 0.5450)", "tflite: qat int8 (val mIoU 0.5490; ptq 0.5480)"]
+
+
 def test_write_report_files(tmp_path):
     rows = [row("executorch", "fp32", "none"), row("tflite", "int8", "ptq", median=0.5), row("coreml", "int8", "qat", ran=False)]
     k = 2

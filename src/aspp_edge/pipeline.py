@@ -37,23 +37,31 @@ from .stages import Stage, StageBook
 ALL = "all"
 LOG_FILE = "run.log"
 # Bump when a stage's code changes what it writes, so old outputs are not reused.
-STAGE_VERSIONS = {"float": 1, "quantize": 1, "export": 1, "eval": 4, "reference": 2, "peaks": 1}
+STAGE_VERSIONS = {"float": 1, "quantize": 2, "export": 1, "eval": 4, "reference": 2, "peaks": 1}
 
 
-def apps_artifacts(rows: list[dict[str, Any]], head: str, out: Path) -> list[Path]:
+def apps_artifacts(rows: list[dict[str, Any]], head: str, out: Path) -> tuple[list[Path], list[str]]:
     """For the demo apps: per backend, the int8 artifact of `head` with the highest measured mIoU
-    (the float one where no int8 artifact was measured)."""
+    (the float one where no int8 artifact was measured), and a line per backend saying why it won
+    (the other int8 artifacts' mIoU beside it, e.g. QAT's where QAT ended worse than PTQ)."""
     chosen: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r["head"] != head or r["miou"] is None:
-            continue
+    measured = [r for r in rows if r["head"] == head and r["miou"] is not None]
+    for r in measured:
         best = chosen.get(r["backend"])
         key = (r["precision"] == "int8", r["miou"])
         if best is None or key > (best["precision"] == "int8", best["miou"]):
             chosen[r["backend"]] = r
     if not chosen:
         raise ConfigError(f"no measured artifact of head {head!r} to install for the apps")
-    return [out / r["path"] for r in chosen.values()]
+    reasons = []
+    for backend, r in chosen.items():
+        others = [o for o in measured if o["backend"] == backend and o is not r and o["precision"] == r["precision"]]
+        why = f"{backend}: {r['method']} {r['precision']} (val mIoU {r['miou']:.4f}"
+        why += "".join(f"; {o['method']} {o['miou']:.4f}" for o in others) + ")"
+        if r["precision"] != "int8":
+            why += ", no int8 artifact was measured"
+        reasons.append(why)
+    return [out / r["path"] for r in chosen.values()], reasons
 
 
 @dataclass
@@ -186,9 +194,9 @@ def run(
     if for_apps is not None:
         from .apps import install_for_apps
 
-        chosen = apps_artifacts(rows, first, out)
+        chosen, reasons = apps_artifacts(rows, first, out)
         install_for_apps(chosen, for_apps, entries[0][1], threads=threads)
-        book.log(f"apps: {', '.join(p.name for p in chosen)} -> {for_apps}")
+        book.log(f"apps: {', '.join(p.name for p in chosen)} -> {for_apps}; the highest val mIoU per backend: {'; '.join(reasons)}")
     book.log(f"report: {paths['report.md']} ({len(book.ran)} stages ran, {len(book.reused)} reused, {seconds:.0f} s)")
     return RunSummary(
         recipe=recipe.name, out=str(out), device=references[first]["device"], references=references, rows=rows,

@@ -161,6 +161,28 @@ def cross_backend_table(rows: list[dict[str, Any]], *, with_head: bool) -> list[
     return ["| program | artifacts | agreement |", "|---|---|---|"] + lines if lines else []
 
 
+def _qat_against_ptq(head: str, mine: list[dict[str, Any]], note: str | None) -> list[str]:
+    """Per backend with both int8 programs: whether QAT ended worse than PTQ, on mIoU drop (on SQNR
+    where the reference is uninformative). The worse one is named, never left to be inferred."""
+    worse, held = [], []
+    for backend in dict.fromkeys(r["backend"] for r in mine):
+        pair = {r["method"]: r for r in mine if r["backend"] == backend and r["precision"] == "int8" and r["method"] in ("ptq", "qat")}
+        if len(pair) < 2:
+            continue
+        ptq, qat = pair["ptq"], pair["qat"]
+        if note:
+            figures = f"SQNR {qat['sqnr_db']:.1f} vs {ptq['sqnr_db']:.1f} dB"
+            bad = qat["sqnr_db"] < ptq["sqnr_db"]
+        else:
+            figures = f"drop {qat['miou_drop']:.2f} vs {ptq['miou_drop']:.2f} points"
+            bad = qat["miou_drop"] > ptq["miou_drop"]
+        (worse if bad else held).append(f"{backend} ({figures})")
+    if worse:
+        return [f"- {head}: QAT ends worse than PTQ on {', '.join(worse)}: ship the PTQ artifact there "
+                f"(`--for-apps` installs the higher-mIoU int8 artifact per backend)."]
+    return [f"- {head}: QAT is no worse than PTQ on any backend: {', '.join(held)}."] if held else []
+
+
 def verdict(rows: list[dict[str, Any]], deploy: dict[str, Any] | None = None) -> list[str]:
     """One sentence per target, stated against the figures (never a bare pass/fail). Where `deploy`
     (the run's architecture latency at deploy size) times a head, its int8/fp32 and ExecuTorch vs
@@ -184,6 +206,7 @@ def verdict(rows: list[dict[str, Any]], deploy: dict[str, Any] | None = None) ->
                 f"{QAT_MIN_AGREEMENT}) on every backend that ran: worst drop {worst_drop['miou_drop']:.2f} points "
                 f"({worst_drop['backend']}), lowest agreement {worst_agree['agreement']:.4f} ({worst_agree['backend']})."
             )
+        out += _qat_against_ptq(head, mine, note)
         out += _mixed_trade(head, mine)
         for backend in dict.fromkeys(r["backend"] for r in mine if head not in at_deploy):
             fp = [r for r in mine if r["backend"] == backend and r["precision"] in ("fp32", "fp16")]
