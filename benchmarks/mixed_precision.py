@@ -136,22 +136,18 @@ def deploy_rows(recipe, float_layers: list[str], size: int, work: Path, args) ->
     random weights, exported for ExecuTorch and LiteRT and each timed in a fresh process."""
     import torch
 
-    from aspp_edge.calibration.calibrate import calibration_batches
-    from aspp_edge.data import calibration_dataset
     from aspp_edge.export import ExportSource
     from aspp_edge.models import model_from_recipe
-    from aspp_edge.quantize import quantize
-    from aspp_edge.sweep import at_deploy_size
+    from aspp_edge.pipeline.latency import at_deploy_size
+    from aspp_edge.quantize.job import calibrated_ptq
 
     drecipe = at_deploy_size(recipe, size, 8, name=f"{recipe.name}_{size}")
     torch.manual_seed(0)
     model = model_from_recipe(drecipe).eval()
-    calib_set, split = calibration_dataset(drecipe)
-    calib = calibration_batches(calib_set, 8, 4, seed=0, split=split)
     sources = {"float": ExportSource(drecipe, model=model, name=drecipe.name)}
     for label, keep in (("int8", []), ("mixed", list(float_layers))):
-        q = quantize(model, drecipe.replace(ptq={"keep_float": keep}).ptq, calibration=calib)
-        q.meta = {"recipe": drecipe.to_dict(), "calibration_split": split, "weights": "random (torch.manual_seed(0))"}
+        q = calibrated_ptq(model, drecipe, drecipe.replace(ptq={"keep_float": keep}).ptq)
+        q.meta["weights"] = "random (torch.manual_seed(0))"
         q.save(work, f"{drecipe.name}_{label}")
         sources[label] = from_quantized(work / f"{drecipe.name}_{label}_int8.pt2")
     rows = []

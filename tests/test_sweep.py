@@ -19,7 +19,9 @@ from aspp_edge.cli import main
 from aspp_edge.config import load_recipe
 from aspp_edge.data import build_dataset, calibration_dataset
 from aspp_edge.errors import ConfigError
-from aspp_edge.sweep import OVERHEAD_GMACS, SweepConfig, latency_png, markdown, sweep, validate, verdicts
+from aspp_edge.evaluate.latency_table import OVERHEAD_GMACS, verdicts
+from aspp_edge.evaluate.sweep_report import latency_png, markdown, validate
+from aspp_edge.pipeline import SweepConfig, sweep
 
 TINY = dict(models=("lraspp",), size=32, width=0.25, head_channels=16, backends=("tflite",), runs=1, warmup=0,
             threads=1, peaks=False)
@@ -59,16 +61,16 @@ def test_models_all_and_backbone():
     keys = [m.key for m in cfg.parsed_models()]
     assert "sep_aspp@mobilenet_v2" in keys and "lraspp@mobilenet_v2" in keys and keys[-1] == "sep_aspp@mobilenet_v3_large"
     assert cfg.backends == ("executorch", "coreml", "tflite")
-    assert cfg.recipe_for(cfg.parsed_models()[-1]).model.backbone == "mobilenet_v3_large"
+    assert cfg.parsed_models()[-1].recipe.model.backbone == "mobilenet_v3_large"
 
 
 def test_defaults_are_the_deploy_configuration():
     cfg = SweepConfig()
     assert (cfg.size, cfg.width, cfg.classes, cfg.output_stride) == (512, 1.0, 21, 16)
-    recipe = cfg.recipe_for(cfg.parsed_models()[0])
+    recipe = cfg.parsed_models()[0].recipe
     assert recipe.num_classes == 21 and recipe.class_names[15] == "person" and recipe.data.resolution == 512
     brought = [m for m in cfg.parsed_models() if m.source]
-    assert brought and cfg.recipe_for(brought[0]).model.source == "torchvision:lraspp_mobilenet_v3_large"
+    assert brought and brought[0].recipe.model.source == "torchvision:lraspp_mobilenet_v3_large"
 
 
 def test_cli_refuses_in_one_line_and_writes_nothing(tmp_path, capsys):
@@ -299,7 +301,7 @@ def test_run_deploy_plan_builds_the_architecture_at_deploy_size(tmp_path):
     test below): per backend it offers, export and time fp32 and int8 of the run's architecture at the
     deploy resolution (Core ML: fp16 and int8), after one quantize stage."""
     from aspp_edge.pipeline import plan_models
-    from aspp_edge.sweep import deploy_plan
+    from aspp_edge.pipeline.latency import deploy_plan
 
     recipe = load_recipe("quick").replace(deploy={"resolution": 96, "runs": 1, "warmup": 0})
     stages, collect = deploy_plan(plan_models(recipe, None, None), ["executorch", "coreml", "tflite"], tmp_path, threads=1)

@@ -217,7 +217,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
-    from .sweep import SweepConfig, sweep
+    from .pipeline import SweepConfig, sweep
 
     config = SweepConfig(models=args.models, backbone=args.backbone, size=args.size, width=args.width, classes=args.classes,
                          output_stride=args.output_stride, backends=args.backends, threads=args.threads, runs=args.runs,
@@ -230,7 +230,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .config import load_recipe
-    from .pipeline import eval_artifacts
+    from .evaluate.artifacts import eval_artifacts
 
     rows = eval_artifacts(args.artifacts, recipe=load_recipe(args.recipe) if args.recipe else None, reference=args.reference,
                           threads=args.threads)

@@ -60,6 +60,22 @@ def method_config(recipe: Recipe, method: str, **overrides: Any):
     return dataclasses.replace(base, **changes)
 
 
+def calibration_images(recipe: Recipe, config) -> tuple[list[torch.Tensor], str]:
+    """(batches, split name) of the recipe's calibration images as `config` (ptq: or qat:) asks for them."""
+    calib_set, split = calibration_dataset(recipe)
+    return calibration_batches(calib_set, config.calib_size, config.batch_size, seed=config.seed, split=split), split
+
+
+def calibrated_ptq(model: torch.nn.Module, recipe: Recipe, config=None) -> QuantizedModel:
+    """PTQ of `model` with the recipe's ptq section (or `config`), calibrated on the recipe's
+    calibration images; `meta` records the recipe and the calibration split."""
+    config = config or recipe.ptq
+    calib, split = calibration_images(recipe, config)
+    q = quantize(model, config, calibration=calib)
+    q.meta = {"recipe": recipe.to_dict(), "calibration_split": split}
+    return q
+
+
 @torch.no_grad()
 def compare_logits(reference: torch.nn.Module, candidate: torch.nn.Module, images: torch.Tensor) -> tuple[float, float]:
     """(SQNR in dB, argmax agreement) of candidate logits against reference logits."""
@@ -79,8 +95,7 @@ def quantize_checkpoint(
     started = time.perf_counter()
     config = method_config(recipe, method, **overrides)
     model, recipe, _ = load_model(checkpoint, recipe)
-    calib_set, calib_split = calibration_dataset(recipe)
-    calib = calibration_batches(calib_set, config.calib_size, config.batch_size, seed=config.seed, split=calib_split)
+    calib, calib_split = calibration_images(recipe, config)
     ctx, device = init_distributed(None)  # under torchrun, QAT trains as DDP; rank 0 writes
     val = build_dataset(recipe, "val")
     qmodel: QuantizedModel = quantize(

@@ -1,0 +1,242 @@
+"""The accuracy stages of a run, per model: float training -> the float reference on val -> int8
+programs (PTQ, QAT, mixed) -> per backend and precision, export -> evaluation against the reference.
+
+`AccuracyStages.model_stages` lists one model's stages (stages.py: key, inputs, outputs, function,
+upstream stages) without reading or writing anything; the methods of `AccuracyStages` are their
+bodies, and hold what several stages share (the float model's val logits, per model). `collect`
+reads a finished plan's rows back, with their cross-backend agreement.
+
+Layout: `OUT/<key>/float/float.pt`, `OUT/<key>/reference.{json,npz}`,
+`OUT/<key>/quant/<name>_<method>_int8.pt2`, `OUT/<key>/artifacts/<artifact>` (+ manifest),
+`OUT/<key>/eval/<artifact>.json` (+ .npz masks).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Recipe
+from ..fileio import atomic_path
+from ..formats import artifact_name, get_backend, manifest_path
+from ..stages import Stage
+from .common import add_peak_fraction, read_peaks
+
+# Bump when a stage's code changes what it writes, so old outputs are not reused.
+STAGE_VERSIONS = {"float": 1, "quantize": 2, "export": 1, "eval": 4, "reference": 2}
+
+
+def mixed_settings(recipe: Recipe) -> dict[str, Any]:
+    """The run's `mixed` method: the overrides of PTQ that make it. The recipe's ptq.keep_float layers
+    in float where it names some, else `auto` at ptq.max_drop (MIXED_MAX_DROP points when unset) and
+    ptq.max_float_layers."""
+    from ..config import MIXED_MAX_DROP
+
+    ptq = recipe.ptq
+    if ptq.keep_float and ptq.keep_float != "auto":
+        return {"keep_float": tuple(ptq.keep_float)}
+    return {"keep_float": "auto", "max_drop": MIXED_MAX_DROP if ptq.max_drop is None else ptq.max_drop,
+            "max_float_layers": ptq.max_float_layers}
+
+
+@dataclass
+class AccuracyStages:
+    """The accuracy stages of a run's models and their bodies; holds what several stages share (the
+    float model's val logits, per model) and every eval stage's result path, in plan order."""
+
+    out: Path
+    threads: int | None
+    runs: int
+    warmup: int
+    progress: bool
+    results: list[Path] = field(default_factory=list)  # every eval stage's result, in plan order
+    _references: dict[Path, Any] = field(default_factory=dict)
+    _float_sources: dict[Path, Any] = field(default_factory=dict)
+
+    def model_stages(self, head: str, recipe: Recipe, backends: list[str], methods: list[str], *, fp16: bool = False) -> list[Stage]:
+        """Every stage of one model (`head`: its key, a built-in head or a brought model's slug), in
+        order; each eval stage's result path is appended to `results`. Nothing is read or written."""
+        from ..train import FINAL
+
+        name, hdir, conf, device = f"{recipe.name}_{head}", self.out / head, recipe.to_dict(), _device()
+        ckpt, ref_json = hdir / "float" / FINAL, hdir / "reference.json"
+        float_key = f"{head}/float"
+        float_inputs = {"v": STAGE_VERSIONS["float"], **{k: conf[k] for k in ("model", "data", "train")}}
+        if recipe.model.weights:  # a brought model's state dict: its content, not only its path
+            from ..fileio import sha256_file
+
+            float_inputs["weights_sha256"] = sha256_file(recipe.model.weights)
+        stages = [
+            Stage(float_key, float_inputs, [ckpt], lambda resume: self.train(recipe, hdir / "float", resume=resume), resumable=True),
+            Stage(f"{head}/reference", {"v": STAGE_VERSIONS["reference"], "data": conf["data"], "device": device},
+                  [ref_json, ref_json.with_suffix(".npz")], lambda: self.write_reference(head, recipe, ckpt, ref_json),
+                  upstream={"float": float_key}),
+        ]
+        programs = {}
+        for method in methods:
+            program = hdir / "quant" / f"{name}_{method}_int8.pt2"
+            programs[method] = program
+            base, overrides = ("ptq", mixed_settings(recipe)) if method == "mixed" else (method, {})
+            section, inputs = conf[base], dict(overrides)
+            if method == "ptq" and "mixed" in methods and recipe.ptq.keep_float:  # the full-int8 program mixed is compared with
+                section, overrides = {**section, "keep_float": [], "max_drop": None, "max_float_layers": None}, {"keep_float": ()}
+            stages.append(Stage(f"{head}/{method}", {"v": STAGE_VERSIONS["quantize"], "data": conf["data"], method: section, **inputs},
+                                [program, program.with_suffix(".json")],
+                                lambda b=base, m=method, o=overrides: self.quantize(recipe, ckpt, b, hdir / "quant", f"{name}_{m}", **o),
+                                upstream={"float": float_key}))
+        eval_inputs = {"v": STAGE_VERSIONS["eval"], "data": conf["data"], "threads": self.threads, "runs": self.runs,
+                       "warmup": self.warmup, "system": platform.system(), "device": device}
+        for backend in backends:
+            b = get_backend(backend)
+            floats = [b.float_precision] + (["fp16"] if fp16 and "fp16" in b.precisions and b.float_precision != "fp16" else [])
+            jobs = [(artifact_name(name, backend, p), p, float_key, lambda: ("float", ckpt)) for p in floats]
+            jobs += [(artifact_name(f"{name}_{m}", backend, "int8"), "int8", f"{head}/{m}", lambda m=m: ("int8", programs[m]))
+                     for m in methods]
+            for filename, prec, source_key, source in jobs:
+                method = source_key.rsplit("/", 1)[1] if prec == "int8" else None
+                artifact, result = hdir / "artifacts" / filename, hdir / "eval" / f"{filename}.json"
+                export_key = f"{head}/export/{filename}"
+                self.results.append(result)
+                stages += [
+                    Stage(export_key, {"v": STAGE_VERSIONS["export"], "backend": backend, "precision": prec},
+                          [artifact, manifest_path(artifact)],
+                          lambda b=backend, p=prec, s=source: self.export(recipe, name, ckpt, *s(), b, p, hdir / "artifacts"),
+                          upstream={"source": source_key}),
+                    Stage(f"{head}/eval/{filename}", eval_inputs, [result, result.with_suffix(".npz")],
+                          lambda a=artifact, r=result, m=method: self.measure(head, recipe, a, r, ref_json, method=m),
+                          upstream={"artifact": export_key, "float": float_key}),
+                ]
+        return stages
+
+    def train(self, recipe: Recipe, out: Path, *, resume: bool) -> None:
+        from ..train import train
+
+        train(recipe, out, resume=resume and (out / "last.pt").exists(), progress=self.progress)
+
+    def quantize(self, recipe: Recipe, ckpt: Path, method: str, out: Path, name: str, **overrides: Any) -> None:
+        from ..quantize.job import quantize_checkpoint
+
+        quantize_checkpoint(recipe, ckpt, method, out, name=name, progress=self.progress, **overrides)
+
+    def export(self, recipe: Recipe, name: str, ckpt: Path, kind: str, path: Path, backend: str, precision: str, out: Path) -> None:
+        from ..export import export, from_checkpoint, from_quantized
+
+        if kind == "float":
+            if ckpt not in self._float_sources:
+                self._float_sources[ckpt] = from_checkpoint(ckpt, recipe, name=name)
+            source = self._float_sources[ckpt]
+        else:
+            source = from_quantized(path)
+        export(source, backend, precision, out)
+
+    def reference_logits(self, recipe: Recipe, ckpt: Path):
+        if ckpt not in self._references:
+            from ..checkpoint import load_model
+            from ..data import build_dataset
+            from ..evaluate.accuracy import float_reference
+
+            model, _, _ = load_model(ckpt, recipe)
+            self._references[ckpt] = (model, float_reference(model, build_dataset(recipe, "val"), batch_size=recipe.train.batch_size,
+                                                             progress=self.progress))
+        return self._references[ckpt]
+
+    def write_reference(self, head: str, recipe: Recipe, ckpt: Path, path: Path) -> None:
+        from ..fileio import sha256_file
+        from ..models import describe_model
+        from ..models.stats import model_stats
+
+        model, ref = self.reference_logits(recipe, ckpt)
+        stats = model_stats(model)
+        payload = {"head": head, "model": describe_model(recipe, model), "device": ref.device, "miou": ref.miou, "pixel_accuracy": ref.pixel_accuracy,
+                   **ref.spread, "checkpoint": str(ckpt.relative_to(self.out)), "checkpoint_sha256": sha256_file(ckpt),
+                   "params": stats.params, "gmacs": stats.macs / 1e9, "images": len(ref.logits)}
+        _write_masks(path.with_suffix(".npz"), ref.masks)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(payload, indent=2))
+
+    def measure(self, head: str, recipe: Recipe, artifact: Path, result: Path, ref_json: Path, *, method: str | None = None) -> None:
+        """Measure one artifact into its row; `method` labels an int8 row by how the run made it (`mixed`:
+        a PTQ program with float layers, whose manifest says `ptq`)."""
+        from ..data import build_dataset
+        from ..evaluate.measure import measure_artifact
+        from ..formats.manifest import add_metrics
+
+        reference = json.loads(ref_json.read_text())
+        _, ref = self.reference_logits(recipe, self.out / reference["checkpoint"])
+        measured, masks = measure_artifact(artifact, root=self.out, head=head, gmacs=reference["gmacs"], reference=ref,
+                                           val=build_dataset(recipe, "val"), batch_size=recipe.train.batch_size, threads=self.threads,
+                                           runs=self.runs, warmup=self.warmup, progress=self.progress)
+        row = measured.to_row()
+        if method == "mixed":
+            from ..formats.manifest import read_manifest
+
+            row["method"] = method
+            row["float_layers"] = read_manifest(artifact)["quantization"]["float_layers"]
+        _write_masks(result.with_suffix(".npz"), masks)
+        with atomic_path(result) as tmp:
+            tmp.write_text(json.dumps(row, indent=2))
+        add_metrics(artifact, {k: row[k] for k in ("miou", "miou_drop", "agreement", "minority_agreement", "sqnr_db", "latency_ms",
+                                                   "load_ms", "peak_rss_mb", "gmacs_per_s", "threads", "evaluated_by", "accuracy_note")
+                               if k in row})
+
+
+def _write_masks(path: Path, masks: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, masks=masks)
+
+
+def _eval_masks(out: Path, row: dict[str, Any]) -> np.ndarray:
+    return np.load(out / row["head"] / "eval" / f"{Path(row['path']).name}.npz")["masks"]
+
+
+def cross_backend(rows: list[dict[str, Any]], out: Path) -> None:
+    """Add `agreement_with` {backend: fraction of val pixels with the same argmax} to each int8
+    row: the int8 artifacts of one program, compared with each other across backends."""
+    masks = {(r["head"], r["method"], r["backend"]): _eval_masks(out, r)
+             for r in rows if r["precision"] == "int8" and r["miou"] is not None}
+    for r in rows:
+        mine = masks.get((r["head"], r["method"], r["backend"]))
+        if mine is not None:
+            r["agreement_with"] = {b: float((mine == m).mean()) for (h, meth, b), m in masks.items()
+                                   if (h, meth) == (r["head"], r["method"]) and b != r["backend"] and m.shape == mine.shape}
+
+
+def samples(out: Path, recipe: Recipe, head: str, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The figure's inputs: the first val images, their ground truth, and each measured artifact's masks."""
+    from ..data import build_dataset, to_pixels
+    from ..evaluate.accuracy import SAMPLE_IMAGES
+
+    val = build_dataset(recipe, "val")  # every model of a run shares its data
+    k = min(SAMPLE_IMAGES, len(val))
+    pairs = [val[i] for i in range(k)]
+    ref = json.loads((out / head / "reference.json").read_text())
+    sample_rows = [(f"float ({ref['device']})", np.load(out / head / "reference.npz")["masks"])]
+    sample_rows += [(f"{r['backend']} {r['precision']}{'' if r['method'] == 'none' else ' ' + r['method']}", _eval_masks(out, r)[:k])
+                    for r in rows if r["head"] == head and r["miou"] is not None]
+    return {"images": np.stack([to_pixels(image, recipe.data.mean, recipe.data.std) for image, _ in pairs]),
+            "ground_truth": np.stack([mask.numpy() for _, mask in pairs]), "colors": [list(c) for c in recipe.class_colors],
+            "rows": sample_rows}
+
+
+def _device() -> str:
+    from ..evaluate.accuracy import reference_device
+
+    return reference_device().type
+
+
+def collect(out: Path, keys: list[str], results: list[Path], *, peaks: bool):
+    """(rows, references, peak figures) of a finished plan: the eval stages' rows with their
+    cross-backend agreement and fraction of the runtime's peak throughput added."""
+    rows = [json.loads(p.read_text()) for p in results]
+    references = {key: json.loads((out / key / "reference.json").read_text()) for key in keys}
+    cross_backend(rows, out)
+    peak_figures = read_peaks(out) if peaks else None
+    if peak_figures:
+        add_peak_fraction(rows, peak_figures)
+    return rows, references, peak_figures
