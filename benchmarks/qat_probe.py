@@ -37,7 +37,7 @@ from aspp_edge.fileio import write_text_atomic
 from aspp_edge.metrics import sqnr_db
 from aspp_edge.quantize import QuantizedModel, quantize
 from aspp_edge.quantize.qat import pixel_kl, qat
-from aspp_edge.train import evaluate_miou
+from aspp_edge.metrics import evaluate_miou
 
 # name -> overrides of the recipe's qat: section (None: the section as the recipe has it)
 VARIANTS = {

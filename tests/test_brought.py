@@ -254,6 +254,7 @@ def test_cle_on_brought_models(capsys):
 
 def test_run_plans_heads_and_brought_models_side_by_side():
     from aspp_edge.cli import _model_entries, parse_args
+    from aspp_edge.models import ModelEntry
     from aspp_edge.pipeline import plan_models
 
     quick = load_recipe("quick")
@@ -270,7 +271,7 @@ def test_run_plans_heads_and_brought_models_side_by_side():
     with pytest.raises(ConfigError, match="--model-arg and --weights apply to exactly one --model; got 2"):
         _model_entries(parse_args(["run", "--model", f"{FACTORY},{FACTORY}", "--model-arg", "width=4"]))
     one = _model_entries(parse_args(["run", "--model", FACTORY, "--model-arg", "width=4", "--model-arg", "act=hardswish"]))
-    assert one == [{"source": FACTORY, "args": {"width": 4, "act": "hardswish"}}]
+    assert one == [ModelEntry(source=FACTORY, args={"width": 4, "act": "hardswish"})]
 
 
 # -- every stage on the brought models --------------------------------------------------------------

@@ -119,3 +119,50 @@ def test_no_import_cycle_between_the_package_units():
 def test_bottom_modules_do_not_import_upward(low, high):
     graph = import_graph()
     assert high not in graph.get(low, {}), f"{low} imports {high}: {graph[low][high]}"
+
+
+# The package's units from the bottom up, as README's "Code layout" lists them; a unit imports only
+# units on its own level or below (function-level imports included).
+LEVELS = (
+    ("errors", "fileio", "metrics", "console", "distributed"),
+    ("formats",),
+    ("models", "data"),
+    ("config",),
+    ("checkpoint", "train"),
+    ("calibration", "quantize"),
+    ("runtime",),
+    ("export",),
+    ("evaluate",),
+    ("stages",),
+    ("demo", "apps"),
+    ("pipeline",),
+    ("cli",),
+)
+
+
+def climbing_imports(graph: dict[str, dict[str, list[str]]], levels=LEVELS) -> list[str]:
+    """'low -> high (file:line)' for every import from a unit to one on a higher level."""
+    level = {unit: i for i, units in enumerate(levels) for unit in units}
+    return [f"{a} -> {b} ({w})" for a, deps in sorted(graph.items()) for b, where in sorted(deps.items()) for w in where
+            if a in level and b in level and level[b] > level[a]]
+
+
+def test_imports_follow_the_readme_level_order():
+    graph = import_graph()
+    units = (set(graph) | {d for deps in graph.values() for d in deps}) - {"__init__"}
+    listed = {u for level in LEVELS for u in level}
+    assert units <= listed, f"units missing from LEVELS (and README's code layout): {sorted(units - listed)}"
+    assert climbing_imports(graph) == []
+    # README's code layout lists the same units in the same order (the leaves' line may name several)
+    block = (PACKAGE.parents[1] / "README.md").read_text().split("## Code layout", 1)[1].split("```")[1]
+    named = [w.rstrip("/,").removesuffix(".py") for line in block.splitlines() if line and not line.startswith(" ")
+             for w in line.split("  ")[0].replace(",", " ").split()]
+    order = [u for u in named if u in listed]
+    assert set(order) == listed, f"README's code layout does not name {sorted(listed - set(order))}"
+    assert [next(i for i, lv in enumerate(LEVELS) if u in lv) for u in order] == sorted(
+        next(i for i, lv in enumerate(LEVELS) if u in lv) for u in order), order
+
+
+def test_climbing_imports_are_found():
+    graph = {"formats": {"export": ["formats/backends.py:9"]}, "export": {"formats": ["export/__init__.py:3"]}}
+    assert climbing_imports(graph) == ["formats -> export (formats/backends.py:9)"]

@@ -155,3 +155,42 @@ def test_image_pooling_spread_equals_broadcast(size):
         spread = pool(x)
     assert spread.shape == (3, 6, *size)
     torch.testing.assert_close(spread, vector.expand(-1, -1, *size), rtol=0, atol=1e-6)
+
+
+def test_one_model_grammar_for_every_command():
+    """`models.parse_models` reads heads, head@backbone, 'all', brought specs and {source, args,
+    weights} mappings (YAML text or dicts), comma-separated; run, sweep, train/quantize/export and
+    the CLI all go through it."""
+    from aspp_edge.cli import _model_entries, _recipe, parse_args
+    from aspp_edge.config import load_recipe
+    from aspp_edge.models import ModelEntry, list_heads, parse_models
+    from aspp_edge.pipeline import SweepConfig, plan_models
+
+    got = parse_models(["sep_aspp,lraspp@mobilenet_v3_large", "torchvision:lraspp_mobilenet_v3_large",
+                        "{source: smp:Unet, args: {encoder_depth: 3}, weights: w.pt}", {"source": "torchvision:fcn_resnet50"}])
+    assert got == [ModelEntry(head="sep_aspp"), ModelEntry(head="lraspp", backbone="mobilenet_v3_large"),
+                   ModelEntry(source="torchvision:lraspp_mobilenet_v3_large"),
+                   ModelEntry(source="smp:Unet", args={"encoder_depth": 3}, weights="w.pt"), ModelEntry(source="torchvision:fcn_resnet50")]
+    assert [e.key("mobilenet_v2") for e in got[:3]] == ["sep_aspp@mobilenet_v2", "lraspp@mobilenet_v3_large",
+                                                        "torchvision:lraspp_mobilenet_v3_large"]
+    assert got[2].folder() == "torchvision-lraspp_mobilenet_v3_large"
+    assert [e.head for e in parse_models("all")] == list_heads() and parse_models(None) == []
+    for bad, match in [("nope", "unknown head 'nope'.*valid choices: all, aspp"), ("aspp@resnet50", "'resnet50'.*mobilenet_v2"),
+                       ("{source: x}", "no source prefix"), ("{weights: w.pt}", "valid keys: source"), ("{a", "not a YAML mapping")]:
+        with pytest.raises(ConfigError, match=match):
+            parse_models(bad)
+    with pytest.raises(ConfigError, match="--heads takes built-in heads.*'torchvision:fcn_resnet50' is a brought model"):
+        parse_models("aspp,torchvision:fcn_resnet50", what="--heads", heads_only=True)
+
+    # the same grammar behind each command
+    quick = load_recipe("quick")
+    assert [k for k, _ in plan_models(quick, "aspp,aspp", "lraspp@mobilenet_v3_large")] == ["aspp", "lraspp"]
+    assert plan_models(quick, None, "lraspp@mobilenet_v3_large")[0][1].model.backbone == "mobilenet_v3_large"
+    assert [m.key for m in SweepConfig(models="all", backbone="mobilenet_v3_large").parsed_models()] == \
+        [f"{h}@mobilenet_v3_large" for h in list_heads()]
+    recipe = _recipe(parse_args(["train", "--recipe", "quick", "--out", "x", "--model", "hdc_aspp@mobilenet_v3_large"]))
+    assert (recipe.model.head, recipe.model.backbone, recipe.model.source) == ("hdc_aspp", "mobilenet_v3_large", None)
+    with pytest.raises(ConfigError, match="--model-arg and --weights belong to a brought model; 'aspp' is a built-in head"):
+        _model_entries(parse_args(["train", "--out", "x", "--model", "aspp", "--model-arg", "width=4"]))
+    with pytest.raises(ConfigError, match="train takes one --model; got 2"):
+        _recipe(parse_args(["train", "--recipe", "quick", "--out", "x", "--model", "aspp,lraspp"]))

@@ -16,7 +16,8 @@ from aspp_edge.errors import CheckpointError, ConfigError
 from aspp_edge.models import list_models
 from aspp_edge.quantize import load_quantized, quantize
 from aspp_edge.quantize.job import compare_logits, quantize_checkpoint
-from aspp_edge.train import evaluate_miou, train
+from aspp_edge.metrics import evaluate_miou
+from aspp_edge.train import train
 
 PTQ_SQNR_FLOOR_DB = 20.0  # fake-quant logits vs float, every head, quick recipe (issue threshold)
 # PTQ-minmax int8 program vs the float model, argmax agreement on 16 val images (target 0.99). Measured

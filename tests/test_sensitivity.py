@@ -26,7 +26,7 @@ from aspp_edge.data import build_dataset
 from aspp_edge.errors import ConfigError
 from aspp_edge.quantize import quantize
 from aspp_edge.quantize.sensitivity import PrecisionPlanner, analyze, converted_for_analysis
-from aspp_edge.train import evaluate_miou
+from aspp_edge.metrics import evaluate_miou
 
 SENSITIVE = "decoder.classifier"  # the layer made sensitive
 DEAD_CHANNEL = 0

@@ -15,7 +15,8 @@ from aspp_edge.config import load_recipe
 from aspp_edge.data import build_dataset
 from aspp_edge.errors import CheckpointError, ConfigError
 from aspp_edge.fileio import state_dict_sha256
-from aspp_edge.train import FINAL, LAST, evaluate_miou, train
+from aspp_edge.metrics import evaluate_miou
+from aspp_edge.train import FINAL, LAST, train
 
 # Chance level: predicting the majority class (background) everywhere scores background's IoU
 # (its pixel share, ~0.76) on one of the six classes: ~0.13 mIoU on the val split. A model that

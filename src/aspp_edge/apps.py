@@ -16,18 +16,23 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AsppEdgeError
+from .errors import AsppEdgeError, choices_error
+from .formats import BACKENDS
 from .formats.manifest import manifest_path, read_manifest, validate_manifest
 from .fileio import atomic_path
 
 ANDROID_ASSETS = Path("android/app/src/main/assets")
 IOS_MODELS = Path("ios/AsppEdgeDemo/Models")
-# backend -> (file name the apps load, the app folders it goes to)
-APP_FILES: dict[str, tuple[str, tuple[Path, ...]]] = {
-    "executorch": ("segmenter.pte", (ANDROID_ASSETS, IOS_MODELS)),
-    "tflite": ("segmenter.tflite", (ANDROID_ASSETS,)),
-    "coreml": ("Segmenter.mlpackage", (IOS_MODELS,)),
-}
+APP_FOLDERS = {"android": ANDROID_ASSETS, "ios": IOS_MODELS}
+
+
+def app_files() -> dict[str, tuple[str, tuple[Path, ...]]]:
+    """backend -> (file name the apps load, the app folders it goes to), from the backend registry
+    (`Backend.app_file`, `app_platforms`)."""
+    return {b.name: (b.app_file, tuple(APP_FOLDERS[p] for p in b.app_platforms)) for b in BACKENDS.values() if b.app_file}
+
+
+APP_FILES = app_files()
 SAMPLE = "sample.png"
 INDEX = "apps.json"
 
@@ -46,14 +51,16 @@ def sample_image(recipe, index: int = 0) -> np.ndarray:
 
 def choose(artifacts: list[str | Path]) -> dict[str, Path]:
     """One artifact per backend; two for the same backend is an error naming both."""
-    from .formats import SUFFIXES, backend_for
+    from .formats import backend_for, suffixes
 
     chosen: dict[str, Path] = {}
     for a in map(Path, artifacts):
         try:
             backend = backend_for(a).name
         except AsppEdgeError:
-            raise AsppEdgeError(f"{str(a)!r} is not an artifact; valid types: {', '.join(sorted(SUFFIXES))}") from None
+            raise AsppEdgeError(f"{str(a)!r} is not an artifact; valid types: {', '.join(sorted(suffixes()))}") from None
+        if backend not in app_files():
+            raise choices_error("backend for the apps", f"{backend} ({a.name})", app_files(), cls=AsppEdgeError)
         if backend in chosen:
             raise AsppEdgeError(f"the apps take one {backend} artifact; got {chosen[backend].name} and {a.name}")
         chosen[backend] = a
@@ -92,15 +99,16 @@ def install_for_apps(artifacts: list[str | Path], app_root: str | Path, recipe, 
             raise AsppEdgeError(f"{path.name} takes {w}x{h} images but the sample is {sample.shape[1]}x{sample.shape[0]}; "
                                 "the apps' artifacts must share one input size")
         seg = segment(runner, sample)
-        app_file = APP_FILES[backend][0]
+        app_file = app_files()[backend][0]
         masks[app_file] = seg.mask
         m = runner.manifest
         entries[backend] = {"file": app_file, "manifest": manifest_path(app_file).name, "expected_mask": expected_mask_name(app_file),
                             "source_artifact": path.name, "precision": m["precision"], "method": m["method"],
                             "expected_mask_by": runner.evaluated_by}
     index = {"sample": SAMPLE, "artifacts": entries}
+    slots = app_files()
     for backend, path in chosen.items():
-        app_file, folders = APP_FILES[backend]
+        app_file, folders = slots[backend]
         manifest = read_manifest(path)
         manifest["artifact"] = app_file
         manifest["source"]["artifact"] = path.name
@@ -112,9 +120,9 @@ def install_for_apps(artifacts: list[str | Path], app_root: str | Path, recipe, 
             with atomic_path(dest / manifest_path(app_file).name) as tmp:
                 tmp.write_text(json.dumps(manifest, indent=2))
             save_png(masks[app_file], dest / expected_mask_name(app_file))
-    for folder in {f for _, folders in APP_FILES.values() for f in folders}:
+    for folder in {f for _, folders in slots.values() for f in folders}:
         dest = root / folder
-        here = {b: e for b, e in entries.items() if folder in APP_FILES[b][1]}
+        here = {b: e for b, e in entries.items() if folder in slots[b][1]}
         save_png(sample, dest / SAMPLE)
         with atomic_path(dest / INDEX) as tmp:
             tmp.write_text(json.dumps({"sample": SAMPLE, "artifacts": here}, indent=2))

@@ -13,11 +13,11 @@ from .formats import BACKENDS, DEFAULT_BACKENDS
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
-    from .models import list_models
+    from .models import list_heads
     from .models.registry import BACKBONES, DECODERS
 
     if not args.stats:
-        print("heads:     " + ", ".join(list_models()))
+        print("heads:     " + ", ".join(list_heads()))
         print("backbones: " + ", ".join(BACKBONES.names()))
         print("decoders:  " + ", ".join(DECODERS.names()))
         from .models.brought import torchvision_builders
@@ -33,7 +33,7 @@ def _cmd_list(args: argparse.Namespace) -> None:
         f"{args.num_classes} classes, input {args.size}x{args.size}; MACs counted by torch's FlopCounterMode"
     )
     print(f"{'head':<12} {'params (M)':>10} {'GMACs':>8} {'head params (M)':>16} {'head GMACs':>11}")
-    for name in list_models():
+    for name in list_heads():
         model = create_model(
             name, num_classes=args.num_classes, backbone=args.backbone, decoder=args.decoder,
             output_stride=args.output_stride, width_mult=args.width_mult, input_size=args.size,
@@ -43,24 +43,17 @@ def _cmd_list(args: argparse.Namespace) -> None:
 
 
 def _model_entries(args: argparse.Namespace) -> list:
-    """--model values (a spec, comma-separated specs, or a YAML mapping {source, args, weights}),
-    with --model-arg KEY=VALUE and --weights applied to the one model they can belong to."""
+    """The --model values as `ModelEntry`s (`models.entry`: heads, head@backbone, specs, YAML mappings
+    {source, args, weights}), with --model-arg KEY=VALUE and --weights applied to the one brought
+    model they can belong to."""
+    import dataclasses
+
     import yaml
 
     from .errors import ConfigError
+    from .models import parse_models
 
-    entries: list = []
-    for value in args.model or []:
-        if value.lstrip().startswith("{"):
-            try:
-                entry = yaml.safe_load(value)
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"--model {value!r} is not a YAML mapping ({exc}); e.g. '{{source: smp:Unet, args: {{encoder_depth: 3}}}}'") from exc
-            if not isinstance(entry, dict):
-                raise ConfigError(f"--model {value!r} is not a YAML mapping; e.g. '{{source: smp:Unet, args: {{encoder_depth: 3}}}}'")
-            entries.append(entry)
-        else:
-            entries += [{"source": s.strip()} for s in value.split(",") if s.strip()]
+    entries = parse_models(args.model or [], what="--model")
     extra_args = {}
     for item in args.model_arg or []:
         key, sep, raw = item.partition("=")
@@ -73,10 +66,12 @@ def _model_entries(args: argparse.Namespace) -> list:
     if (extra_args or args.weights) and len(entries) != 1:
         raise ConfigError(f"--model-arg and --weights apply to exactly one --model; got {len(entries)} models "
                           "(give several models as YAML mappings: --model '{source: ..., args: {...}, weights: ...}')")
-    if entries:
-        entries[0] = {**entries[0], "args": {**(entries[0].get("args") or {}), **extra_args}}
-        if args.weights:
-            entries[0]["weights"] = args.weights
+    if extra_args or args.weights:
+        e = entries[0]
+        if not e.brought:
+            raise ConfigError(f"--model-arg and --weights belong to a brought model; {e.head!r} is a built-in head "
+                              "(its settings are the recipe's model: section)")
+        entries[0] = dataclasses.replace(e, args={**e.args, **extra_args}, weights=args.weights or e.weights)
     return entries
 
 
@@ -88,15 +83,9 @@ def _recipe(args: argparse.Namespace):
     recipe = load_recipe(args.recipe)
     entries = _model_entries(args)
     if len(entries) > 1:
-        raise ConfigError(f"{args.command} takes one --model; got {len(entries)} ({', '.join(str(e.get('source')) for e in entries)}); "
+        raise ConfigError(f"{args.command} takes one --model; got {len(entries)} ({', '.join(e.key() for e in entries)}); "
                           "`aspp-edge run` compares several")
-    if entries:
-        e = entries[0]
-        unknown = sorted(set(e) - {"source", "args", "weights"})
-        if unknown or "source" not in e:
-            raise ConfigError(f"--model entry {e!r} is not valid; valid keys: source (required), args, weights")
-        recipe = recipe.replace(model={"source": e["source"], "args": e.get("args") or {}, "weights": e.get("weights")})
-    return recipe
+    return recipe.replace(model=entries[0].model_section()) if entries else recipe
 
 
 def _float_checkpoint(args: argparse.Namespace, recipe) -> str:
@@ -312,7 +301,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 def _model_options(p: argparse.ArgumentParser, *, several: bool = False) -> None:
     p.add_argument("--model", action="append", default=None, metavar="SPEC",
-                   help="a model to bring instead of the recipe's head: torchvision:NAME, smp:ARCH or module.path:callable"
+                   help="the model instead of the recipe's: a brought model (torchvision:NAME, smp:ARCH or module.path:callable), "
+                        "or a built-in HEAD or HEAD@BACKBONE"
                         + ("; repeat it, or comma-separate specs, to compare several (a YAML mapping "
                            "'{source: S, args: {...}, weights: F}' per model gives each its own arguments)" if several else ""))
     p.add_argument("--model-arg", action="append", default=None, metavar="KEY=VALUE",
@@ -513,6 +503,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .formats.backends import load_plugins
+
+    try:
+        load_plugins()  # backends registered from the user's package ($ASPP_EDGE_BACKENDS)
+    except AsppEdgeError as exc:
+        print(f"aspp-edge: error: {exc}", file=sys.stderr)
+        return 2
     args = parse_args(argv)
     try:
         args.func(args)

@@ -1,4 +1,5 @@
-"""Segmentation metrics from a confusion matrix (vectorised; the ignore index is skipped)."""
+"""Segmentation metrics from a confusion matrix (vectorised; the ignore index is skipped), and a
+model's val mIoU (`evaluate_miou`, which training and quantization both report)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import math
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from .distributed import DistContext
 
 IGNORE_INDEX = 255  # mask value that the loss and the metrics skip (VOC's "void")
 
@@ -93,3 +99,18 @@ def reference_spread(class_pixels: np.ndarray, class_names: tuple[str, ...] = ()
         note = (f"the float reference predicts one class ({name}) on {where}: agreement and mIoU drop say nothing here "
                 f"(an artifact that outputs {name} everywhere would agree on {100 * share:.1f}% of pixels); read SQNR")
     return {"predicted_classes": predicted, "classes": len(class_pixels), "majority_class": name, "majority_share": share, "note": note}
+
+
+@torch.no_grad()
+def evaluate_miou(model: nn.Module, dataset, device: torch.device, batch_size: int, ctx: DistContext = DistContext()) -> float:
+    """Val mIoU; each rank takes every world-th sample and the confusion matrices are summed."""
+    model.eval()
+    shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world))
+    num_classes = dataset.num_classes
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    for images, masks in DataLoader(shard, batch_size=batch_size):
+        logits = model(images.to(device))
+        cm += confusion_matrix(logits.argmax(1), masks.to(device), num_classes)
+    if ctx.world > 1:
+        dist.all_reduce(cm)
+    return mean_iou(cm.cpu())

@@ -28,16 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from .checkpoint import load_state, read_checkpoint, save_checkpoint
 from .config import Recipe, recipe_differences
 from .console import progress_bar, progress_line
 from .data import IGNORE_INDEX, build_dataset
 from .errors import CheckpointError, ConfigError
-from .metrics import confusion_matrix, mean_iou
+from .metrics import evaluate_miou
 from .distributed import DistContext, finish_distributed, init_distributed, sync_and_hash
 from .models import model_from_recipe, model_label
 
@@ -110,21 +109,6 @@ class CEDiceLoss(nn.Module):
 
 def make_criterion(loss: str) -> nn.Module:
     return CEDiceLoss(IGNORE_INDEX) if loss == "ce_dice" else nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
-
-
-@torch.no_grad()
-def evaluate_miou(model: nn.Module, dataset, device: torch.device, batch_size: int, ctx: DistContext = DistContext()) -> float:
-    """Val mIoU; each rank takes every world-th sample and the confusion matrices are summed."""
-    model.eval()
-    shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world))
-    num_classes = dataset.num_classes
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    for images, masks in DataLoader(shard, batch_size=batch_size):
-        logits = model(images.to(device))
-        cm += confusion_matrix(logits.argmax(1), masks.to(device), num_classes)
-    if ctx.world > 1:
-        dist.all_reduce(cm)
-    return mean_iou(cm.cpu())
 
 
 def _check_resume(saved: dict, recipe: Recipe, path: Path) -> None:

@@ -23,7 +23,8 @@ from ..errors import AsppEdgeError
 from .report import ROW_FIELDS
 
 REMOTE_DIR = "/data/local/tmp/aspp_edge"
-BINARIES = {".tflite": "benchmark_model", ".pte": "executor_runner"}
+# the benchmark binaries a backend names (`Backend.device_binary`) -> the bench-device flag that gives its path
+BINARY_FLAGS = {"benchmark_model": "--tflite-benchmark", "executor_runner": "--executorch-runner"}
 
 
 class DeviceError(AsppEdgeError):
@@ -181,20 +182,27 @@ def remote_command(argv: list[str]) -> str:
 
 
 def check_binaries(artifacts: list[Path], binaries: dict[str, str | None]) -> dict[str, Path]:
-    """The binary each artifact type needs, given and present; else one error naming what is missing."""
+    """The benchmark binary each artifact's backend names (`Backend.device_binary`: benchmark_model,
+    executor_runner), given in `binaries` by name and present; else one error naming what is missing."""
+    from ..formats import BACKENDS, backend_for
+
     need: dict[str, Path] = {}
     for a in artifacts:
         if a.suffix == ".mlpackage":
             raise DeviceError(f"{a.name}: Core ML runs on iPhones, not over adb; see mobile_demo/README.md (Xcode Instruments / XCTest)")
-        if a.suffix not in BINARIES:
-            raise DeviceError(f"{a.name} is not an artifact bench-device runs; valid types: .pte, .tflite")
-        flag = "--tflite-benchmark" if a.suffix == ".tflite" else "--executorch-runner"
-        given = binaries.get(a.suffix)
+        try:
+            binary = backend_for(a).device_binary
+        except AsppEdgeError:
+            binary = None
+        if binary not in BINARY_FLAGS:
+            valid = sorted({b.suffix for b in BACKENDS.values() if b.device_binary in BINARY_FLAGS})
+            raise DeviceError(f"{a.name} is not an artifact bench-device runs; valid types: {', '.join(valid)}")
+        flag, given = BINARY_FLAGS[binary], binaries.get(binary)
         if not given:
-            raise DeviceError(f"{a.name} needs {BINARIES[a.suffix]} built for the device: pass its path with {flag}")
+            raise DeviceError(f"{a.name} needs {binary} built for the device: pass its path with {flag}")
         if not Path(given).is_file():
             raise DeviceError(f"{flag} {given!r} is not a file")
-        need[a.suffix] = Path(given)
+        need[binary] = Path(given)
     return need
 
 
@@ -202,21 +210,21 @@ def bench_device(artifacts: list[str | Path], *, tflite_benchmark: str | None = 
                  adb: str | None = None, serial: str | None = None, threads: int = 4, runs: int = 50, warmup: int = 5,
                  progress: bool = True) -> dict[str, Any]:
     """Benchmark artifacts on an attached Android device; returns {"device": ..., "artifacts": rows}."""
-    from ..formats import artifact_size
+    from ..formats import artifact_size, backend_for
     from ..formats.manifest import model_name, read_manifest
     from ..runtime import check_artifact
 
     paths = [Path(a) for a in artifacts]
-    binaries = check_binaries(paths, {".tflite": tflite_benchmark, ".pte": executorch_runner})
+    binaries = check_binaries(paths, {"benchmark_model": tflite_benchmark, "executor_runner": executorch_runner})
     paths = [check_artifact(p) for p in paths]
     if threads < 1 or runs < 1 or warmup < 0:
         raise DeviceError(f"--threads {threads} and --runs {runs} must be at least 1, --warmup {warmup} at least 0")
     device = Adb(adb, serial)
     info = device.describe()
     device.shell(f"mkdir -p {shlex.quote(REMOTE_DIR)}")
-    for suffix, local in binaries.items():
-        device.push(local, f"{REMOTE_DIR}/{BINARIES[suffix]}")
-        device.shell(f"chmod +x {shlex.quote(f'{REMOTE_DIR}/{BINARIES[suffix]}')}")
+    for name, local in binaries.items():
+        device.push(local, f"{REMOTE_DIR}/{name}")
+        device.shell(f"chmod +x {shlex.quote(f'{REMOTE_DIR}/{name}')}")
     rows = []
     from ..console import progress_bar
 
@@ -225,14 +233,15 @@ def bench_device(artifacts: list[str | Path], *, tflite_benchmark: str | None = 
         if path.is_dir():
             raise DeviceError(f"{path.name} is a directory; bench-device pushes .pte and .tflite files")
         device.push(path, remote)
-        binary = f"{REMOTE_DIR}/{BINARIES[path.suffix]}"
-        if path.suffix == ".tflite":
+        name = backend_for(path).device_binary
+        binary = f"{REMOTE_DIR}/{name}"
+        if name == "benchmark_model":
             argv = [binary, f"--graph={remote}", f"--num_threads={threads}", f"--num_runs={runs}", f"--warmup_runs={warmup}",
                     "--use_xnnpack=true", "--report_peak_memory_footprint=true"]
         else:
             argv = [binary, f"--model_path={remote}", f"--num_executions={runs}", f"--cpu_threads={threads}"]
         cmd = remote_command(argv)
-        if path.suffix == ".tflite":
+        if name == "benchmark_model":
             timing = parse_benchmark_model(device.shell(cmd))
             tool = "tflite benchmark_model"
         else:

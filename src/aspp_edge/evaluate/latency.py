@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AsppEdgeError
+from ..formats import backend_for
 
 MARKER = "ASPP_EDGE_LATENCY "
 # The child runs the runtime only; torch's OpenMP pool must not spin on the runtime's cores.
@@ -71,11 +72,13 @@ def measure(path: str | Path, *, threads: int | None = None, runs: int = 50, war
             profile: bool = False, raw: bool = False, timeout: float = 600) -> Latency:
     """Time one artifact in a fresh process. `raw`: a file without manifest (the peak convolution)."""
     path = Path(path)
-    if path.suffix == ".mlpackage" and platform.system() != "Darwin":
-        raise AsppEdgeError(f"{path.name}: Core ML latency is measured on macOS only; on {platform.system()} the package runs in the "
-                            "MIL reference interpreter, which checks the program and says nothing about Core ML's speed")
     if runs < 1 or warmup < 0:
         raise AsppEdgeError(f"runs must be >= 1 and warmup >= 0; got runs={runs}, warmup={warmup}")
+    backend = None if raw else backend_for(path)
+    if backend is not None and not backend.timed_here():
+        raise AsppEdgeError(f"{path.name}: {backend.not_timed_why}; its latency is not measured on {platform.system()} (where it is "
+                            "checked, an interpreter or the graph's structure says nothing about the runtime's speed)")
+    profile = profile and backend is not None and backend.per_op_profile
     cmd = [sys.executable, "-m", "aspp_edge.evaluate.latency", str(path), "--threads", str(threads or default_threads()),
            "--runs", str(runs), "--warmup", str(warmup)] + (["--profile"] if profile else []) + (["--raw"] if raw else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **CHILD_ENV})
@@ -203,7 +206,7 @@ def _child(path: Path, threads: int, runs: int, warmup: int, profile: bool, raw:
         "median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "min_ms": float(min(times)),
         "peak_rss_mb": _peak_rss_mb(), "rss_before_load_mb": rss_before, "evaluated_by": evaluated_by,
     }
-    if profile and path.suffix == ".pte":
+    if profile:  # measure() asks only for a backend with per-operator times (ExecuTorch's ETDump)
         result["profile"] = executorch_profile(path)
     return result
 
@@ -269,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--raw", action="store_true")
     args = ap.parse_args(argv)
     try:
+        from ..formats.backends import load_plugins
+
+        load_plugins()  # a backend registered from the user's package ($ASPP_EDGE_BACKENDS) reaches this process
         result = _child(Path(args.artifact), args.threads, args.runs, args.warmup, args.profile, args.raw)
     except AsppEdgeError as exc:
         result = {"error": str(exc)}

@@ -41,6 +41,13 @@ def _index(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, A
     return {(r["model"], r["backend"], r["precision"]): r for r in rows}
 
 
+def timed_backends(rows: list[dict[str, Any]], backends: list[str] | None = None) -> list[str]:
+    """The backends (in `backends`' order, else the rows') with at least one timed row."""
+    order = backends or list(dict.fromkeys(r["backend"] for r in rows))
+    timed = {r["backend"] for r in rows if r.get("latency_ms")}
+    return [b for b in order if b in timed]
+
+
 # XNNPACK operator names (ETDump events of a .pte) -> the kinds a verdict speaks of, first match wins
 OP_KINDS = (("DWConv", "depthwise"), ("GEMM", "GEMM"), ("Resize", "resize"), ("Transpose", "transpose"), ("Convert", "convert"))
 
@@ -77,40 +84,33 @@ def int8_breakdown(fp32: dict[str, Any] | None, int8: dict[str, Any] | None) -> 
 
 
 def graph_text(row: dict[str, Any]) -> str:
-    g = row.get("graph") or {}
-    if row["backend"] == "executorch":
-        frac = g.get("node_fraction")
-        return f"{100 * frac:.0f}% of nodes in XNNPACK" if frac is not None else "-"
-    if row["backend"] == "tflite":
-        x = g.get("xnnpack") or {}
-        outside = ", ".join(f"{k} x{v}" for k, v in (x.get("ops_outside") or {}).items()) or "none"
-        return f"{g.get('qdq_inside', 0)} Q/DQ inside, {x.get('partitions', '-')} XNNPACK partition(s), outside: {outside}"
-    ops = g.get("mil_ops") or {}
-    return f"{sum(ops.values())} MIL ops ({len(ops)} kinds)"
+    return get_backend(row["backend"]).graph_line(row.get("graph") or {})
 
 
 def per_model_table(doc: dict[str, Any]) -> list[str]:
     rows, backends = doc["rows"], doc["config"]["backends"]
     by = _index(rows)
-    timed = [b for b in ("executorch", "tflite") if b in backends]
+    timed = timed_backends(rows, backends)
+    untimed = [b for b in backends if b not in timed]
+    both = "executorch" in timed and "tflite" in timed  # the two CPU runtimes, compared by name
     head = ["model", "GMACs", "params (M)"]
     for b in timed:
-        head += [f"{b} fp32 ms", f"{b} int8 ms", f"{b} int8/fp32"]
-    if len(timed) == 2:
+        fp = get_backend(b).float_precision
+        head += [f"{b} {fp} ms", f"{b} int8 ms", f"{b} int8/{fp}"]
+    if both:
         head += ["ExecuTorch/LiteRT fp32", "ExecuTorch/LiteRT int8"]
-    if "coreml" in backends:
-        head += ["Core ML fp16 / int8 MB"]
+    head += [f"{b} {get_backend(b).float_precision} / int8 MB" for b in untimed]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, info in doc["models"].items():
         cells = [f"`{key}`", f"{info['gmacs']:.3f}", f"{info['params'] / 1e6:.2f}"]
         for b in timed:
-            f, q = _median(by.get((key, b, "fp32"))), _median(by.get((key, b, "int8")))
+            f, q = _median(by.get((key, b, get_backend(b).float_precision))), _median(by.get((key, b, "int8")))
             cells += [_f(f, ".2f"), _f(q, ".2f"), _f(_ratio(q, f), ".2f")]
-        if len(timed) == 2:
+        if both:
             for p in ("fp32", "int8"):
                 cells.append(_f(_ratio(_median(by.get((key, "executorch", p))), _median(by.get((key, "tflite", p)))), ".2f"))
-        if "coreml" in backends:
-            f, q = by.get((key, "coreml", "fp16")), by.get((key, "coreml", "int8"))
+        for b in untimed:
+            f, q = by.get((key, b, get_backend(b).float_precision)), by.get((key, b, "int8"))
             cells.append(f"{_f(f and f['size_bytes'] / 1e6, '.2f')} / {_f(q and q['size_bytes'] / 1e6, '.2f')}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -155,16 +155,19 @@ def verdicts(doc: dict[str, Any]) -> list[str]:
     """Sentences stated against the measured figures: int8/fp32 per runtime, ExecuTorch vs LiteRT,
     separable vs standard. Rows of models under OVERHEAD_GMACS carry the overhead note."""
     by, out = _index(doc["rows"]), []
+    timed = timed_backends(doc["rows"], doc.get("config", {}).get("backends"))
     for key, info in doc["models"].items():
         note = overhead_note(info["gmacs"])
-        for b in ("executorch", "tflite"):
-            ratio = _ratio(_median(by.get((key, b, "int8"))), _median(by.get((key, b, "fp32"))))
+        for b in timed:
+            fp = get_backend(b).float_precision
+            ratio = _ratio(_median(by.get((key, b, "int8"))), _median(by.get((key, b, fp))))
             if ratio is not None:
-                made_of = int8_breakdown(by.get((key, b, "fp32")), by.get((key, b, "int8")))
-                out.append(f"- `{key}`: {b} int8 runs in {ratio:.2f}x the fp32 latency "
+                made_of = int8_breakdown(by.get((key, b, fp)), by.get((key, b, "int8")))
+                out.append(f"- `{key}`: {b} int8 runs in {ratio:.2f}x the {fp} latency "
                            f"({'within' if ratio <= INT8_MAX_LATENCY_RATIO else 'above'} the {INT8_MAX_LATENCY_RATIO}x target){note}"
-                           + (f"; per operator kind (ETDump, int8/fp32 time): {made_of}" if made_of else
-                              "; LiteRT's Python interpreter exposes no per-operator times" if b == "tflite" else "") + ".")
+                           + (f"; per operator kind (ETDump, int8/{fp} time): {made_of}" if made_of else
+                              f"; {get_backend(b).no_profile_why}" if get_backend(b).no_profile_why else "")
+                           + ".")
         for p in ("fp32", "int8"):
             a, b_ = _median(by.get((key, "executorch", p))), _median(by.get((key, "tflite", p)))
             if a is not None and b_:
@@ -172,8 +175,8 @@ def verdicts(doc: dict[str, Any]) -> list[str]:
                 out.append(f"- `{key}`: {p} ExecuTorch {a:.2f} ms vs LiteRT {b_:.2f} ms median ({faster} {max(a, b_) / min(a, b_):.2f}x faster){note}.")
     for sep, std in separable_pairs(doc):
         mac = doc["models"][std]["gmacs"] / doc["models"][sep]["gmacs"]
-        for b in ("executorch", "tflite"):
-            for p in ("fp32", "int8"):
+        for b in timed:
+            for p in (get_backend(b).float_precision, "int8"):
                 speed = _ratio(_median(by.get((std, b, p))), _median(by.get((sep, b, p))))
                 if speed is not None:
                     out.append(f"- separable vs standard ASPP on {sep.split('@')[1]}, {b} {p}: sep_aspp runs {speed:.2f}x faster "

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+from ..formats import BACKENDS
+
+PRECISION_COLORS = {"fp32": "tab:blue", "fp16": "tab:cyan", "int8": "tab:red"}
+
+
+def marker(backend: str) -> str:
+    """The backend's plot marker (`Backend.marker`; "o" for a name the registry does not know)."""
+    b = BACKENDS.get(backend)
+    return b.marker if b else "o"
+
 
 def log_axes(ax, *, y: bool = True) -> None:
     """Log scale on x (and y), every major and minor tick labelled plainly: 0.4, 0.6, 1 rather than 4x10^-1."""

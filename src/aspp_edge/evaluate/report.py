@@ -21,7 +21,7 @@ from ..config import METHODS
 from ..fileio import atomic_path
 from .latency_table import INT8_MAX_LATENCY_RATIO, OVERHEAD_GMACS, overhead_note, per_model_table, rows_table  # noqa: F401
 from .latency_table import verdicts as deploy_verdicts
-from .plotting import log_axes, place_labels
+from .plotting import PRECISION_COLORS, log_axes, marker, place_labels
 from .results import MIL_REFERENCE as INTERPRETED
 from .results import evaluated_by
 
@@ -373,10 +373,8 @@ def pareto_png(rows: list[dict[str, Any]], references: dict[str, dict[str, Any]]
     timed = [r for r in rows if ran(r) and r.get("latency_ms")]
     with_head = len({r["head"] for r in rows}) > 1
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
-    markers = {"executorch": "o", "tflite": "s", "coreml": "^"}
-    colors = {"fp32": "tab:blue", "fp16": "tab:cyan", "int8": "tab:red"}
     for r in timed:
-        ax.scatter(r["latency_ms"]["median"], r["miou"], marker=markers.get(r["backend"], "o"), color=colors.get(r["precision"], "k"),
+        ax.scatter(r["latency_ms"]["median"], r["miou"], marker=marker(r["backend"]), color=PRECISION_COLORS.get(r["precision"], "k"),
                    s=50, zorder=3)
     for head, ref in references.items():
         ax.axhline(ref["miou"], color="grey", lw=0.8, ls="--")

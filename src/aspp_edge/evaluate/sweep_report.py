@@ -9,16 +9,26 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..formats import BACKENDS
 from .latency_table import OVERHEAD_GMACS, per_model_table, rows_table, separable_table, verdicts
-from .plotting import log_axes, place_labels
+from .plotting import PRECISION_COLORS, log_axes, marker, place_labels
 
 SCHEMA_PATH = Path(__file__).with_name("sweep.schema.json")
 SCHEMA_VERSION = 1
 
 
 @cache
+def _schema_file() -> str:
+    return SCHEMA_PATH.read_text()
+
+
 def schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text())
+    """sweep.schema.json with its backend names taken from the backend registry as it is now (the
+    file lists the built-in ones, for readers outside Python; a test holds them equal)."""
+    doc = json.loads(_schema_file())
+    doc["properties"]["config"]["properties"]["backends"]["items"]["enum"] = list(BACKENDS)
+    doc["$defs"]["row"]["properties"]["backend"]["enum"] = list(BACKENDS)
+    return doc
 
 
 def validate(doc: dict[str, Any], where: str = "sweep.json") -> None:
@@ -70,13 +80,11 @@ def latency_png(rows: list[dict[str, Any]], path: Path, *, title: str) -> None:
     import matplotlib.pyplot as plt
 
     timed = [r for r in rows if r.get("latency_ms")]
-    markers = {"executorch": "o", "tflite": "s", "coreml": "^"}
-    colors = {"fp32": "tab:blue", "fp16": "tab:cyan", "int8": "tab:red"}
     fig, ax = plt.subplots(figsize=(10, 6.5), dpi=110)
     for (backend, precision) in dict.fromkeys((r["backend"], r["precision"]) for r in timed):
         pts = [r for r in timed if (r["backend"], r["precision"]) == (backend, precision)]
-        ax.scatter([r["gmacs"] for r in pts], [r["latency_ms"]["median"] for r in pts], marker=markers.get(backend, "o"),
-                   color=colors.get(precision, "k"), s=46, zorder=3, label=f"{backend} {precision}")
+        ax.scatter([r["gmacs"] for r in pts], [r["latency_ms"]["median"] for r in pts], marker=marker(backend),
+                   color=PRECISION_COLORS.get(precision, "k"), s=46, zorder=3, label=f"{backend} {precision}")
     if timed:
         log_axes(ax)
         ax.legend(fontsize=8, loc="upper left")

@@ -108,6 +108,16 @@ def mlpackage_summary(path: str | Path) -> dict[str, Any]:
     }
 
 
+
+def graph_facts(path: str | Path, info: dict[str, Any]) -> dict[str, Any]:
+    """A latency row's graph facts: the package's MIL op counts."""
+    return {"mil_ops": mlpackage_summary(path)["ops"]}
+
+
+def graph_line(facts: dict[str, Any]) -> str:
+    ops = facts.get("mil_ops") or {}
+    return f"{sum(ops.values())} MIL ops ({len(ops)} kinds)"
+
 def write(module: nn.Module, source, precision: str, tmp: Path, *, layout: str, io_dtype: str) -> Written:
     """The `.mlpackage` (ML Program, iOS17, image input) of a float module or the int8 program at `tmp`."""
     recipe = source.recipe

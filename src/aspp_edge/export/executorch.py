@@ -125,6 +125,17 @@ def pte_summary(path: str | Path) -> dict[str, Any]:
     }
 
 
+
+def graph_facts(path: str | Path, info: dict[str, Any]) -> dict[str, Any]:
+    """A latency row's graph facts: the delegated share of nodes and conv MACs, partitions and the
+    ops left outside, as recorded in the manifest at export."""
+    return {k: info.get(k) for k in ("node_fraction", "conv_mac_fraction", "partitions", "undelegated_ops")}
+
+
+def graph_line(facts: dict[str, Any]) -> str:
+    frac = facts.get("node_fraction")
+    return f"{100 * frac:.0f}% of nodes in XNNPACK" if frac is not None else "-"
+
 def write(module: torch.nn.Module, source, precision: str, tmp: Path, *, layout: str, io_dtype: str) -> Written:
     """The XNNPACK-delegated `.pte` of a float module or the int8 program (weights folded) at `tmp`."""
     data, info = to_pte(folded(module) if precision == "int8" else module, source.example)

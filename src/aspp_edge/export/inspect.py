@@ -12,25 +12,16 @@ from ..formats.manifest import ManifestError, describe_model_section, manifest_p
 
 def inspect_artifact(path: str | Path) -> dict[str, Any]:
     """Read an artifact from disk (not from our own objects) and summarise it."""
-    from ..formats import artifact_size, get_backend
-    from .coreml import mlpackage_summary
-    from .executorch import pte_summary
-    from .tflite import read_metadata, tflite_summary
+    from ..formats import BACKENDS, artifact_size, get_backend, suffixes
 
     path = Path(path)
-    readers = {".pte": pte_summary, ".tflite": tflite_summary, ".mlpackage": mlpackage_summary}
+    readers = {b.suffix: b for b in BACKENDS.values()}  # backends sharing a suffix (.pte) share its reader
     if path.suffix not in readers:
-        raise choices_error("artifact type", path.suffix or path.name, readers, cls=AsppEdgeError)
+        raise choices_error("artifact type", path.suffix or path.name, suffixes(), cls=AsppEdgeError)
     if not path.exists():
         raise AsppEdgeError(f"artifact {str(path)!r} not found")
     info: dict[str, Any] = {"path": str(path), "size_bytes": artifact_size(path), "format": path.suffix.lstrip(".")}
-    info["file"] = readers[path.suffix](path)
-    if path.suffix == ".tflite":
-        from ..runtime.litert import xnnpack_delegation  # loads the model in LiteRT (function-level: runtime imports export)
-
-        info["file"]["xnnpack"] = xnnpack_delegation(path)
-        info["file"]["metadata"], files = read_metadata(path)
-        info["file"]["associated_files"] = sorted(files)
+    info["file"] = readers[path.suffix].summary(path)  # the backend's own reader (the registry's `reader`)
     try:
         manifest = read_manifest(path)
         info["manifest"] = {k: manifest[k] for k in ("backend", "precision", "method", "model", "input", "output", "labels", "backend_info", "sha256")}
@@ -104,7 +95,7 @@ def format_inspection(info: dict[str, Any]) -> str:
             lines.extend(f"    {name}: {why}" for name, why in xnn["why"].items())
         md = f.get("metadata") or {}
         lines.append(f"  metadata  {json.dumps(md) if md else '(none)'}; associated files {f.get('associated_files')}")
-    else:
+    elif info["format"] == "mlpackage":
         lines.append(f"  I/O       inputs {f['inputs']}, outputs {f['outputs']}")
         lines.append(f"  MIL ops   {_hist(f['ops'])}")
         from ..runtime.mil import SUPPORTED_OPS
@@ -113,4 +104,6 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(f"  mil-reference  {'runs every op of this program (Linux check)' if not outside else 'cannot run: ' + ', '.join(outside)}")
         preview = {k: v for k, v in f["metadata"].items() if k.startswith("com.apple")}
         lines.append(f"  metadata  {json.dumps(preview)}; {len(f['metadata'])} user-defined keys")
+    else:  # a registered backend's own summary, as its reader gives it
+        lines.extend(f"  {k:<9} {json.dumps(v)}" for k, v in f.items())
     return "\n".join(lines)

@@ -364,3 +364,29 @@ def write(module: torch.nn.Module, source, precision: str, tmp: Path, *, layout:
     input_spec, output_spec = io_specs(source, layout, quant_in=_quant(inp), quant_out=_quant(outp), in_dtype=inp["dtype"],
                                        out_dtype=outp["dtype"], norm=scalar_normalization(recipe)[0] if scalar_input else None)
     return Written(info, input_spec, output_spec)
+
+
+def graph_facts(path: str | Path, info: dict[str, Any]) -> dict[str, Any]:
+    """A latency row's graph facts: Q/DQ pairs left inside the int8 graph (from the manifest) and how
+    LiteRT's XNNPACK delegate takes the model (read from the interpreter)."""
+    from ..runtime.litert import xnnpack_delegation  # loads the model in LiteRT
+
+    return {"qdq_inside": len(info.get("qdq_inside", [])), "xnnpack": xnnpack_delegation(path)}
+
+
+def graph_line(facts: dict[str, Any]) -> str:
+    x = facts.get("xnnpack") or {}
+    outside = ", ".join(f"{k} x{v}" for k, v in (x.get("ops_outside") or {}).items()) or "none"
+    return f"{facts.get('qdq_inside', 0)} Q/DQ inside, {x.get('partitions', '-')} XNNPACK partition(s), outside: {outside}"
+
+
+def file_summary(path: str | Path) -> dict[str, Any]:
+    """`aspp-edge inspect`'s view of a .tflite: its ops and Q/DQ (from the flatbuffer), how XNNPACK
+    takes it (from the interpreter), its TFLite metadata and associated files."""
+    from ..runtime.litert import xnnpack_delegation  # loads the model in LiteRT
+
+    summary = tflite_summary(path)
+    summary["xnnpack"] = xnnpack_delegation(path)
+    summary["metadata"], files = read_metadata(path)
+    summary["associated_files"] = sorted(files)
+    return summary

@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import AsppEdgeError
-from .backends import BACKENDS, DEFAULT_BACKENDS, SUFFIXES, Backend, artifact_name, backend_for, get_backend
+from .backends import (BACKENDS, DEFAULT_BACKENDS, SUFFIXES, Backend, artifact_name, backend_for, get_backend, register_backend,
+                       suffixes)
 from .files import artifact_sha256, artifact_size
 from .manifest import manifest_path, read_manifest
 
 __all__ = ["BACKENDS", "DEFAULT_BACKENDS", "SUFFIXES", "Backend", "artifact_name", "artifact_sha256", "artifact_size", "backend_for",
-           "check_artifact", "existing_backend", "get_backend", "manifest_path", "read_manifest"]
+           "check_artifact", "existing_backend", "get_backend", "manifest_path", "read_manifest", "register_backend", "suffixes"]
 
 
 def existing_backend(path: str | Path) -> Backend:

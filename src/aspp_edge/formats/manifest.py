@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib.metadata
 import json
+import re
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 
 from ..errors import AsppEdgeError
-from .backends import get_backend
+from .backends import BACKENDS, get_backend
 
 if TYPE_CHECKING:  # formats sit below the recipe: export and runtime both read manifests
     from ..config import Recipe
@@ -38,8 +39,19 @@ def manifest_path(artifact: str | Path) -> Path:
 
 
 @cache
+def _schema_file() -> str:
+    return SCHEMA_PATH.read_text()
+
+
 def schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text())
+    """manifest.schema.json with its backend and format names taken from the backend registry as it
+    is now and artifact suffixes (the file lists the built-in ones, for readers outside Python; a test holds them equal)."""
+    doc = json.loads(_schema_file())
+    extensions = list(dict.fromkeys(b.extension for b in BACKENDS.values()))
+    doc["properties"]["backend"]["enum"] = list(BACKENDS)
+    doc["properties"]["format"]["enum"] = extensions
+    doc["properties"]["artifact"]["pattern"] = rf"^[A-Za-z0-9_.-]+\.({'|'.join(re.escape(e) for e in extensions)})$"
+    return doc
 
 
 @cache

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import register_model
+from .registry import register_head
 
 # DeepLabV3's atrous rates at output stride 16; doubled at output stride 8.
 DEFAULT_DROPOUT = 0.1  # before the head's classifier; the recipe's model.dropout defaults to it
@@ -163,37 +163,37 @@ class LRASPP(nn.Module):
         return self.cbr(x) * self.gate(self.scale(self.pool(x)))
 
 
-@register_model("aspp")
+@register_head("aspp")
 def aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = DEFAULT_DROPOUT) -> ASPP:
     return ASPP(cin, ASPP_RATES[output_stride], channels, dropout=dropout)
 
 
-@register_model("aspp_nobn")
+@register_head("aspp_nobn")
 def aspp_nobn(cin: int, *, output_stride: int, channels: int = 256, dropout: float = DEFAULT_DROPOUT) -> ASPP:
     return ASPP(cin, ASPP_RATES[output_stride], channels, norm=False, dropout=dropout)
 
 
-@register_model("sep_aspp")
+@register_head("sep_aspp")
 def sep_aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = DEFAULT_DROPOUT) -> ASPP:
     return ASPP(cin, ASPP_RATES[output_stride], channels, separable=True, dropout=dropout)
 
 
-@register_model("se_aspp")
+@register_head("se_aspp")
 def se_aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = DEFAULT_DROPOUT) -> ASPP:
     return ASPP(cin, ASPP_RATES[output_stride], channels, se=True, dropout=dropout)
 
 
-@register_model("sep_se_aspp")
+@register_head("sep_se_aspp")
 def sep_se_aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = DEFAULT_DROPOUT) -> ASPP:
     return ASPP(cin, ASPP_RATES[output_stride], channels, separable=True, se=True, dropout=dropout)
 
 
-@register_model("hdc_aspp")
+@register_head("hdc_aspp")
 def hdc_aspp(cin: int, *, output_stride: int, channels: int = 256, dropout: float = DEFAULT_DROPOUT) -> ASPP:
     return ASPP(cin, HDC_RATES[output_stride], channels, dropout=dropout)
 
 
-@register_model("lraspp")
+@register_head("lraspp")
 def lraspp(cin: int, *, output_stride: int, channels: int = LRASPP_CHANNELS, dropout: float = 0.0) -> LRASPP:
     del output_stride, dropout  # global pooling: no rates, no dropout in the original head
     return LRASPP(cin, channels)

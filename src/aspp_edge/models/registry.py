@@ -1,7 +1,7 @@
 """Name -> builder registries for heads, backbones and decoders.
 
-`register_model` fills the head registry (the head variant is the model's name); backbones and
-decoders have registries of their own. A duplicate name raises instead of overwriting.
+`register_head` fills the head registry (the ASPP variant's name); backbones and decoders have
+registries of their own. A duplicate name raises instead of overwriting.
 """
 
 from __future__ import annotations
@@ -45,11 +45,15 @@ HEADS: Registry = Registry("head")
 BACKBONES: Registry = Registry("backbone")
 DECODERS: Registry = Registry("decoder")
 
-register_model = HEADS.register
+register_head = HEADS.register
+register_model = register_head  # the older name
 register_backbone = BACKBONES.register
 register_decoder = DECODERS.register
 
 
-def list_models() -> list[str]:
+def list_heads() -> list[str]:
     """Names of the registered head variants (what `create_model` accepts)."""
     return HEADS.names()
+
+
+list_models = list_heads  # the older name

@@ -29,7 +29,6 @@ from .common import add_peak_fraction
 
 SEED = 0  # float weights: seeded, so every rebuild is the same model
 STAGE_VERSIONS = {"quant": 1, "export": 1, "time": 1}
-DEPLOY_BACKENDS = ("executorch", "tflite", "coreml")  # what a run's deploy section times (opt-in backends: not)
 DEPLOY_DIR = "deploy"
 
 
@@ -166,27 +165,16 @@ class LatencyStages:
             "path": str(artifact.relative_to(self.out)), "gmacs": model["gmacs"], "params": model["params"],
             "size_bytes": artifact_size(artifact),
         }
-        graph: dict[str, Any] = {}
-        if backend == "executorch":
-            graph = {k: info.get(k) for k in ("node_fraction", "conv_mac_fraction", "partitions", "undelegated_ops")}
-        elif backend == "tflite":
-            from ..runtime.litert import xnnpack_delegation
-
-            graph = {"qdq_inside": len(info.get("qdq_inside", [])), "xnnpack": xnnpack_delegation(artifact)}
-        else:
-            from ..export.coreml import mlpackage_summary
-
-            graph = {"mil_ops": mlpackage_summary(artifact)["ops"]}
-        row["graph"] = graph
-        if backend == "coreml" and platform.system() != "Darwin":
+        b = get_backend(backend)
+        row["graph"] = b.graph_facts(artifact, info)
+        if not b.timed_here():
             row.update(latency_ms=None, load_ms=None, peak_rss_mb=None, rss_before_load_mb=None, gmacs_per_s=None, threads=None,
-                       runs=None, evaluated_by="not run", latency_note=f"Core ML predicts on macOS only; not timed on {platform.system()} "
-                       "(size and MIL op counts only)")
+                       runs=None, evaluated_by="not run", latency_note=b.not_timed_note())
         else:
             from ..evaluate.latency import measure
 
-            # .pte: ExecuTorch's ETDump per XNNPACK operator, so the verdict can say what int8/fp32 is made of
-            lat = measure(artifact, threads=t.threads, runs=t.runs, warmup=t.warmup, profile=artifact.suffix == ".pte")
+            # ExecuTorch: ETDump per XNNPACK operator, so the verdict can say what int8/fp32 is made of
+            lat = measure(artifact, threads=t.threads, runs=t.runs, warmup=t.warmup, profile=b.per_op_profile)
             row.update(latency_ms={"median": lat.median_ms, "p90": lat.p90_ms, "min": lat.min_ms}, load_ms=lat.load_ms,
                        peak_rss_mb=lat.peak_rss_mb, rss_before_load_mb=lat.rss_before_load_mb,
                        gmacs_per_s=model["gmacs"] / (lat.median_ms / 1e3), threads=lat.threads, runs=lat.runs,
@@ -218,7 +206,8 @@ def deploy_plan(entries: list[tuple[str, Recipe]], backends: list[str], out: Pat
     models = [LatencyModel(key, key, at_deploy_size(recipe, deploy.resolution, deploy.calib_size, name=f"{recipe.name}_{DEPLOY_DIR}",
                                                     model={"weights": None} if recipe.model.source else {"width_mult": width}))
               for key, recipe in entries]
-    timing = Timing(tuple(b for b in backends if b in DEPLOY_BACKENDS), threads=threads, runs=deploy.runs, warmup=deploy.warmup)
+    # the run's backends of the default set (opt-in ones such as executorch-vulkan add minutes and are timed by `sweep`)
+    timing = Timing(tuple(b for b in backends if get_backend(b).default), threads=threads, runs=deploy.runs, warmup=deploy.warmup)
     stages_ = LatencyStages(out / DEPLOY_DIR, timing, prefix=f"{DEPLOY_DIR}/")
     config = {"size": deploy.resolution, "width": width, "classes": first.num_classes, "output_stride": first.model.output_stride,
               "backends": list(timing.backends), "threads": threads, "runs": deploy.runs, "warmup": deploy.warmup,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..apps import app_files
 from ..config import METHODS, RUN_METHODS, Recipe
 from ..errors import ConfigError
 from ..stages import Stage
@@ -37,7 +38,8 @@ def apps_artifacts(rows: list[dict[str, Any]], head: str, out: Path) -> tuple[li
     (the float one where no int8 artifact was measured), and a line per backend saying why it won
     (the other int8 artifacts' mIoU beside it, e.g. QAT's where QAT ended worse than PTQ)."""
     chosen: dict[str, dict[str, Any]] = {}
-    measured = [r for r in rows if r["head"] == head and r["miou"] is not None]
+    slots = app_files()  # backends the apps take
+    measured = [r for r in rows if r["head"] == head and r["miou"] is not None and r["backend"] in slots]
     for r in measured:
         best = chosen.get(r["backend"])
         key = (r["precision"] == "int8", r["miou"])
@@ -71,30 +73,27 @@ class RunSummary:
     deploy: dict[str, Any] | None = None  # the recipe's deploy section: architecture latency at deploy size
 
 
+ModelItems = str | dict[str, Any] | list  # what models.parse_models reads: names, specs, mappings, ModelEntry
 
 
-def plan_models(recipe: Recipe, heads: str | list[str] | None, models: ModelEntry | list[ModelEntry] | None) -> list[tuple[str, Recipe]]:
-    """(key, recipe) per model of the run: the built-in `heads` first, then the brought `models`.
-    Neither given: the recipe's own model. Every brought model is built and checked here (import,
-    factory, output contract, weights), before anything is written."""
-    from ..models import list_models, model_from_recipe, model_key
+def plan_models(recipe: Recipe, heads: str | list[str] | None, models: ModelItems | None) -> list[tuple[str, Recipe]]:
+    """(key, recipe) per model of the run: the built-in `heads` first, then `models` (brought models,
+    or heads; `models.entry` is the grammar). Neither given: the recipe's own model. Every brought
+    model is built and checked here (import, factory, output contract, weights), before anything is
+    written."""
+    from ..models import model_from_recipe, model_key, parse_models
 
     if heads is None and models is None:
         return [(model_key(recipe.model), recipe)]
-    builtin = {"source": None, "args": {}, "weights": None}
-    entries = [(h, recipe.replace(model={**builtin, "head": h}))
-               for h in (parse_choices(heads, tuple(list_models()), "head", (recipe.model.head,)) if heads is not None else [])]
-    if isinstance(models, (str, dict)):
-        models = [models]
-    for item in models or []:
-        specs = [{"source": s.strip()} for s in item.split(",") if s.strip()] if isinstance(item, str) else [dict(item)]
-        for spec in specs:
-            unknown = sorted(set(spec) - {"source", "args", "weights"})
-            if unknown or "source" not in spec:
-                raise ConfigError(f"model entry {spec!r} is not valid; valid keys: source (required), args, weights")
-            entries.append((None, recipe.replace(model={"source": spec["source"], "args": spec.get("args") or {},
-                                                        "weights": spec.get("weights")})))
-    entries = [(key or model_key(r.model), r) for key, r in entries]
+    named = parse_models(heads, what="--heads", heads_only=True) + parse_models(models, what="--model")
+    seen: set[tuple[str | None, str | None]] = set()
+    entries = []
+    for e in named:
+        if not e.brought and (e.head, e.backbone) in seen:  # a head named twice is one model (as before)
+            continue
+        seen.add((e.head, e.backbone))
+        r = recipe.replace(model=e.model_section())
+        entries.append((model_key(r.model), r))
     check_unique([k for k, _ in entries], "run")
     if not entries:
         raise ConfigError("no model to run: give --heads and/or --model")
@@ -109,7 +108,7 @@ def run(
     out_dir: str | Path,
     *,
     heads: str | list[str] | None = None,
-    models: ModelEntry | list[ModelEntry] | None = None,
+    models: ModelItems | None = None,
     backends: str | list[str] | None = None,
     methods: str | list[str] | None = None,
     threads: int | None = None,

@@ -29,8 +29,9 @@ from ..config import Recipe
 from ..errors import ConfigError, choices_error
 from ..evaluate.sweep_report import SCHEMA_VERSION, latency_png, markdown, summary_text, validate
 from ..fileio import atomic_path, write_text_atomic
+from ..models import list_heads, parse_models
 from ..stages import Stage
-from .common import ALL, PEAKS_FILE, check_unique, now, open_workspace, parse_backends, peaks_stage, read_peaks
+from .common import PEAKS_FILE, check_unique, now, open_workspace, parse_backends, peaks_stage, read_peaks
 from .latency import LatencyModel, LatencyStages, Timing
 
 REPORT_VERSION = 1
@@ -70,7 +71,6 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         from ..config import MIN_CALIB_SIZE
-        from ..models import list_models
         from ..models.registry import BACKBONES
 
         object.__setattr__(self, "models", _items(self.models))
@@ -78,7 +78,7 @@ class SweepConfig:
         if self.backbone not in BACKBONES:
             raise choices_error("backbone", self.backbone, BACKBONES.names())
         if not self.models:
-            raise ConfigError(f"no model to sweep; give heads ({', '.join(list_models())}), head@backbone, 'all' or a brought model spec")
+            raise ConfigError(f"no model to sweep; give heads ({', '.join(list_heads())}), head@backbone, 'all' or a brought model spec")
         self.named_models()  # every name checked now
         if self.output_stride not in (8, 16):
             raise ConfigError(f"output stride {self.output_stride!r} is not supported; valid choices: 8, 16")
@@ -99,29 +99,11 @@ class SweepConfig:
             raise ConfigError(f"calib size {self.calib_size!r} is too small; it must be >= {MIN_CALIB_SIZE}")
 
     def named_models(self) -> list[tuple[str, str, dict[str, str]]]:
-        """(key, folder, model) per model of the sweep: model is {"head", "backbone"} or {"source"}."""
-        from ..models import list_models
-        from ..models.brought import SOURCE_FORMS, parse_spec, slug
-        from ..models.registry import BACKBONES
-
-        heads = list_models()
-        out: list[tuple[str, str, dict[str, str]]] = []
-        for item in self.models:
-            if item == ALL:
-                out += [(f"{h}@{self.backbone}", f"{h}-{self.backbone}", {"head": h, "backbone": self.backbone}) for h in heads]
-                continue
-            if ":" in item:  # a brought model
-                parse_spec(item)
-                out.append((item, slug(item), {"source": item}))
-                continue
-            head, _, backbone = item.partition("@")
-            backbone = backbone or self.backbone
-            if head not in heads:
-                raise ConfigError(f"unknown head {head!r} in models {item!r}; valid choices: {', '.join([ALL, *heads])}, "
-                                  f"head@backbone, or a brought model ({', '.join(SOURCE_FORMS)})")
-            if backbone not in BACKBONES:
-                raise choices_error(f"backbone in models {item!r}:", backbone, BACKBONES.names())
-            out.append((f"{head}@{backbone}", f"{head}-{backbone}", {"head": head, "backbone": backbone}))
+        """(key, folder, model) per model of the sweep (`models.entry` is the grammar): model is
+        {"head", "backbone"} or {"source"}."""
+        entries = parse_models(self.models, what="models")
+        out = [(e.key(self.backbone), e.folder(self.backbone),
+                {"source": e.source} if e.brought else {"head": e.head, "backbone": e.backbone or self.backbone}) for e in entries]
         check_unique([key for key, _, _ in out], "sweep")
         return out
 

@@ -170,7 +170,7 @@ def sensitivity_program(model: torch.nn.Module, config: PTQConfig | QATConfig, c
 
 
 def _choose_float_layers(model, config, calibration, val_set, *, progress: bool):
-    from ..train import evaluate_miou
+    from ..metrics import evaluate_miou
     from .sensitivity import SENSITIVITY_IMAGES, PrecisionPlanner, analyze, choose_float_layers, converted_for_analysis
 
     prepared = sensitivity_program(model, config, calibration, progress=progress)
@@ -187,7 +187,7 @@ def _choose_float_layers(model, config, calibration, val_set, *, progress: bool)
 
 def _meet_on_program(model, config, calibration, val_set, prepared, float_layers, selection, report, *, progress: bool):
     """Measure the built mixed program on val; while its drop is above max_drop, keep the next ranked layer too."""
-    from ..train import evaluate_miou
+    from ..metrics import evaluate_miou
 
     ranking, cap = report.recovery_order(), config.max_float_layers or len(report.names())
     float_miou = selection["float_miou"]

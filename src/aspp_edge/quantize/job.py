@@ -20,7 +20,7 @@ from ..distributed import finish_distributed, init_distributed
 from ..errors import ConfigError, choices_error
 from ..fileio import sha256_file
 from ..metrics import reference_spread
-from ..train import evaluate_miou
+from ..metrics import evaluate_miou
 from . import QuantizedModel, fold_weights, quantize
 
 SQNR_IMAGES = 32  # val images whose logits the SQNR and agreement figures are computed on

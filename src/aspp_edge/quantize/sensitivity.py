@@ -242,7 +242,7 @@ def _compare(reference: torch.Tensor, module: nn.Module, images: torch.Tensor, b
 
 
 def miou_drop(module: nn.Module, val: Dataset, float_miou: float, batch_size: int = 16) -> float:
-    from ..train import evaluate_miou
+    from ..metrics import evaluate_miou
 
     return 100 * (float_miou - evaluate_miou(module, val, torch.device("cpu"), batch_size))
 
@@ -277,7 +277,7 @@ def analyze(
     rows.sort(key=lambda r: (r.alone_int8_sqnr_db, -r.alone_float_sqnr_db))
     full_drop = None
     if val is not None:
-        from ..train import evaluate_miou
+        from ..metrics import evaluate_miou
 
         if float_miou is None:
             float_miou = evaluate_miou(model, val, torch.device("cpu"), batch_size)
