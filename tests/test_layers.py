@@ -166,3 +166,12 @@ def test_imports_follow_the_readme_level_order():
 def test_climbing_imports_are_found():
     graph = {"formats": {"export": ["formats/backends.py:9"]}, "export": {"formats": ["export/__init__.py:3"]}}
     assert climbing_imports(graph) == ["formats -> export (formats/backends.py:9)"]
+
+
+WIDTH = 140  # the project's line width (README, "Code layout")
+
+
+def test_source_lines_fit_the_project_width():
+    long = [f"{p.relative_to(PACKAGE)}:{i} ({len(line)})" for p in sorted(PACKAGE.rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if len(line) > WIDTH]
+    assert long == [], f"lines over {WIDTH} characters: {long[:10]}"

@@ -190,7 +190,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
     s = run(load_recipe(args.recipe), args.out, heads=args.heads, models=_model_entries(args) or None, backends=args.backends,
             methods=args.methods, threads=args.threads,
             runs=args.runs, peaks=not args.no_peaks, force=args.force, for_apps=args.for_apps, fp16=args.fp16)
-    print(f"\nsummary: recipe {s.recipe}, float reference on {s.device}; {s.stages_run} stages ran, {s.stages_reused} reused, {s.seconds:.0f} s")
+    print(f"\nsummary: recipe {s.recipe}, float reference on {s.device}; "
+          f"{s.stages_run} stages ran, {s.stages_reused} reused, {s.seconds:.0f} s")
     for head, ref in s.references.items():
         print(f"  float {reference_line(head, ref)}; {ref['params'] / 1e6:.2f} M params, {ref['gmacs']:.3f} GMACs")
     print("\n".join(table(s.rows, with_head=len(s.references) > 1)))
@@ -290,11 +291,13 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     from .runtime import check_artifact
 
     paths = [check_artifact(p) for p in args.artifacts]
-    print(f"{args.runs} timed runs after {args.warmup} warm-up, {args.threads or default_threads()} threads, each artifact in its own process")
+    print(f"{args.runs} timed runs after {args.warmup} warm-up, {args.threads or default_threads()} threads, "
+          "each artifact in its own process")
     print(f"{'artifact':<48} {'median ms':>9} {'p90 ms':>8} {'min ms':>8} {'load ms':>8} {'peak RSS MB':>11}  runtime")
     for path in paths:
         lat = measure(path, threads=args.threads, runs=args.runs, warmup=args.warmup, profile=args.profile)
-        print(f"{path.name:<48} {lat.median_ms:>9.3f} {lat.p90_ms:>8.3f} {lat.min_ms:>8.3f} {lat.load_ms:>8.0f} {lat.peak_rss_mb:>11.0f}  {lat.evaluated_by}")
+        print(f"{path.name:<48} {lat.median_ms:>9.3f} {lat.p90_ms:>8.3f} {lat.min_ms:>8.3f} {lat.load_ms:>8.0f} "
+              f"{lat.peak_rss_mb:>11.0f}  {lat.evaluated_by}")
         for kind, ms in list(lat.profile.items())[:6]:
             print(f"    {kind:<44} {ms:>9.3f} ms")
 
@@ -344,10 +347,12 @@ def _add_train(sub, fmt) -> None:
 def _add_quantize(sub, fmt) -> None:
     p = sub.add_parser("quantize", help="int8 program from a float checkpoint (PTQ or QAT)", formatter_class=fmt)
     p.add_argument("--recipe", default="default", help="built-in recipe name or a YAML path (its ptq:/qat: sections)")
-    p.add_argument("--checkpoint", default=None, help="float checkpoint (float.pt); without it, --model is used as it is (saved as OUT/float.pt)")
+    p.add_argument("--checkpoint", default=None,
+                   help="float checkpoint (float.pt); without it, --model is used as it is (saved as OUT/float.pt)")
     p.add_argument("--method", default="ptq", help=" or ".join(METHODS))
     p.add_argument("--observer", default=None, help="PTQ activation observer: " + ", ".join(OBSERVERS) + " (default: recipe)")
-    p.add_argument("--cle", default=None, action=argparse.BooleanOptionalAction, help="cross-layer equalization before PTQ (default: recipe)")
+    p.add_argument("--cle", default=None, action=argparse.BooleanOptionalAction,
+                   help="cross-layer equalization before PTQ (default: recipe)")
     p.add_argument("--per-channel", default=None, action=argparse.BooleanOptionalAction, help="per-channel weights (default: recipe)")
     p.add_argument("--calib-size", type=int, default=None, help="calibration images (default: recipe)")
     p.add_argument("--sensitivity", action="store_true",
@@ -368,12 +373,14 @@ def _add_export(sub, fmt) -> None:
     p.add_argument("--quantized", default=None, help="int8 program (NAME_int8.pt2 from `aspp-edge quantize`): int8 artifacts")
     _backends_option(p, "--backend", ",".join(DEFAULT_BACKENDS), all_=False)
     p.add_argument("--precision", default="fp32", help="; ".join(f"{b.name}: {', '.join(b.precisions)}" for b in BACKENDS.values())
-                   + " (fp32 means each backend's float default: " + ", ".join(f"{b.name} {b.float_precision}" for b in BACKENDS.values()) + ")")
+                   + " (fp32 means each backend's float default: "
+                   + ", ".join(f"{b.name} {b.float_precision}" for b in BACKENDS.values()) + ")")
     p.add_argument("--exact-precision", action="store_true", help="coreml: keep fp32 instead of its fp16 default for --precision fp32")
     p.add_argument("--layout", default="NHWC", help="tflite I/O layout: NHWC or NCHW")
     p.add_argument("--io-dtype", default="float32", help="tflite int8 I/O: float32 (QUANTIZE/DEQUANTIZE at I/O) or int8")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--for-apps", default=None, metavar="DIR", help="also install the written artifacts into the demo apps under DIR (mobile_demo)")
+    p.add_argument("--for-apps", default=None, metavar="DIR",
+                   help="also install the written artifacts into the demo apps under DIR (mobile_demo)")
     p.add_argument("--recipe", default="default", help="with --model: the recipe whose data (resolution, classes) the model takes")
     _model_options(p)
     p.set_defaults(func=_cmd_export)
@@ -390,7 +397,8 @@ def _add_run(sub, fmt) -> None:
     p = sub.add_parser("run", help="the end-to-end pipeline: train, quantize, export, evaluate, report", formatter_class=fmt)
     p.add_argument("--recipe", default="default", help="built-in recipe name (quick, default) or a YAML path")
     p.add_argument("--out", default="runs/default", help="output directory (re-running with it skips finished stages)")
-    p.add_argument("--heads", default=None, help="'all' (the ablation) or comma-separated heads (default: the recipe's model, or none when --model is given)")
+    p.add_argument("--heads", default=None,
+                   help="'all' (the ablation) or comma-separated heads (default: the recipe's model, or none when --model is given)")
     _backends_option(p, "--backends", "all")
     p.add_argument("--methods", default="all", help=f"'all' ({', '.join(METHODS)}) or comma-separated: {', '.join(RUN_METHODS)} "
                    "(mixed: PTQ with the most sensitive layers kept in float, ptq.keep_float or auto at ptq.max_drop, "
@@ -399,14 +407,17 @@ def _add_run(sub, fmt) -> None:
     p.add_argument("--runs", type=int, default=50, help="timed runs per artifact")
     p.add_argument("--no-peaks", action="store_true", help="skip the runtimes' 1x1-convolution throughput reference")
     p.add_argument("--force", action="store_true", help="run in an out dir that holds another recipe's run")
-    p.add_argument("--for-apps", default=None, metavar="DIR", help="install the best int8 artifact per backend into the demo apps under DIR (mobile_demo)")
-    p.add_argument("--fp16", action="store_true", help="also an fp16 artifact where a backend offers it beside another float default (tflite, executorch-vulkan)")
+    p.add_argument("--for-apps", default=None, metavar="DIR",
+                   help="install the best int8 artifact per backend into the demo apps under DIR (mobile_demo)")
+    p.add_argument("--fp16", action="store_true",
+                   help="also an fp16 artifact where a backend offers it beside another float default (tflite, executorch-vulkan)")
     _model_options(p, several=True)
     p.set_defaults(func=_cmd_run)
 
 
 def _add_sweep(sub, fmt) -> None:
-    p = sub.add_parser("sweep", help="deploy-size latency: every model x backend x fp32/int8, each timed in its own process", formatter_class=fmt)
+    p = sub.add_parser("sweep", help="deploy-size latency: every model x backend x fp32/int8, each timed in its own process",
+                       formatter_class=fmt)
     p.add_argument("--models", default="sep_aspp,aspp,lraspp@mobilenet_v3_large,torchvision:lraspp_mobilenet_v3_large",
                    help="comma-separated: HEAD (on --backbone), HEAD@BACKBONE, 'all' (every head), or a brought model "
                         "(torchvision:NAME, smp:ARCH, module.path:callable)")
@@ -448,7 +459,8 @@ def _add_bench(sub, fmt) -> None:
 
 
 def _add_bench_device(sub, fmt) -> None:
-    p = sub.add_parser("bench-device", help="latency on an attached Android phone, in the runtimes' own benchmark binaries", formatter_class=fmt)
+    p = sub.add_parser("bench-device", help="latency on an attached Android phone, in the runtimes' own benchmark binaries",
+                       formatter_class=fmt)
     p.add_argument("artifacts", nargs="+", help=".pte and .tflite files (with their manifests)")
     p.add_argument("--adb", action="store_true", help="run on an Android device over adb (required)")
     p.add_argument("--serial", default=None, help="device serial when several are attached (see `adb devices`)")

@@ -127,12 +127,8 @@ def train(
         return _train(recipe, Path(out_dir), resume=resume, device=device, progress=progress)
 
 
-def _train(recipe: Recipe, out: Path, *, resume: bool, device: torch.device | str | None, progress: bool) -> TrainResult:
-    ctx, dev = init_distributed(torch.device(device) if device is not None else None)
-    cfg = recipe.train
-    torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
-    model = model_from_recipe(recipe).to(dev)
-    train_set, val_set = build_dataset(recipe, "train"), build_dataset(recipe, "val")
+def _loader(train_set, cfg, ctx: DistContext) -> tuple[DataLoader, RandomSampler | DistributedSampler]:
+    """The train loader: a seeded shuffle (one shard per rank under DDP), whole batches only."""
     if len(train_set) < cfg.batch_size * ctx.world:
         raise ConfigError(
             f"train split has {len(train_set)} samples, fewer than train.batch_size {cfg.batch_size} x {ctx.world} ranks"
@@ -145,55 +141,79 @@ def _train(recipe: Recipe, out: Path, *, resume: bool, device: torch.device | st
         train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
     )
+    return loader, sampler
+
+
+def _optimizer(model: nn.Module, cfg, total_steps: int):
+    """(optimizer, scheduler): SGD or AdamW, poly decay over `total_steps` after the warm-up."""
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total, cfg.poly_power, cfg.warmup_steps))
-    criterion = make_criterion(cfg.loss)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total_steps, cfg.poly_power, cfg.warmup_steps))
+    return optimizer, scheduler
 
-    start_epoch, history = 0, []
-    if resume:
-        last = out / LAST
-        if not last.is_file():
-            raise CheckpointError(f"--resume: no {LAST} in {str(out)!r} to resume from")
-        state = read_checkpoint(last)
-        _check_resume(state["recipe"], recipe, last)
-        load_state(model, state["state_dict"], repr(str(last)))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+
+def _resume(last: Path, recipe: Recipe, model: nn.Module, optimizer, scheduler) -> tuple[int, list[dict]]:
+    """Model, optimizer and scheduler state from `last` (same recipe but epochs); (epochs done, history)."""
+    if not last.is_file():
+        raise CheckpointError(f"--resume: no {LAST} in {str(last.parent)!r} to resume from")
+    state = read_checkpoint(last)
+    _check_resume(state["recipe"], recipe, last)
+    load_state(model, state["state_dict"], repr(str(last)))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["epoch"]), list(state["history"])
+
+
+def _epoch(net: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer, scheduler, dev: torch.device, *, desc: str,
+           show: bool) -> float:
+    """One pass over the loader (NHWC inputs); the mean loss."""
+    net.train()
+    bar = progress_bar(loader, desc=desc, disable=not show, leave=False)
+    loss_sum, steps = 0.0, 0
+    for images, masks in bar:
+        images = images.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        masks = masks.to(dev, non_blocking=True)
+        loss = criterion(net(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum, steps = loss_sum + loss.item(), steps + 1
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
+    return loss_sum / max(1, steps)
+
+
+def _train(recipe: Recipe, out: Path, *, resume: bool, device: torch.device | str | None, progress: bool) -> TrainResult:
+    ctx, dev = init_distributed(torch.device(device) if device is not None else None)
+    cfg = recipe.train
+    torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
+    model = model_from_recipe(recipe).to(dev)
+    train_set, val_set = build_dataset(recipe, "train"), build_dataset(recipe, "val")
+    loader, sampler = _loader(train_set, cfg, ctx)
+    optimizer, scheduler = _optimizer(model, cfg, cfg.epochs * len(loader))
+    criterion = make_criterion(cfg.loss)
+    start_epoch, history = _resume(out / LAST, recipe, model, optimizer, scheduler) if resume else (0, [])
     # NHWC for the convolutions: MobileNets' depthwise convs run about twice as fast this way on
     # CPU (measured on the default recipe); the saved weights go back to the standard layout.
     model.to(memory_format=torch.channels_last)
     net = nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
-    # Different augmentation on each rank, reproducible per (seed, rank, epoch).
     started = time.perf_counter()
     miou = history[-1]["val_miou"] if history else float("nan")
     if cfg.epochs == 0:  # the model's own weights as they are: measured, not trained
         miou = evaluate_miou(model, val_set, dev, cfg.batch_size, ctx)
     for epoch in range(start_epoch, cfg.epochs):
+        # Different augmentation on each rank, reproducible per (seed, rank, epoch).
         torch.manual_seed(cfg.seed * 1000 + epoch * 16 + ctx.rank)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
-        net.train()
-        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and ctx.main), leave=False)
-        loss_sum, steps = 0.0, 0
-        for images, masks in bar:
-            images = images.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            masks = masks.to(dev, non_blocking=True)
-            loss = criterion(net(images), masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum, steps = loss_sum + loss.item(), steps + 1
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
+        loss = _epoch(net, loader, criterion, optimizer, scheduler, dev, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                      show=progress and ctx.main)
         miou = evaluate_miou(model, val_set, dev, cfg.batch_size, ctx)
-        history.append({"epoch": epoch + 1, "loss": loss_sum / max(1, steps), "val_miou": miou})
+        history.append({"epoch": epoch + 1, "loss": loss, "val_miou": miou})
         if progress and ctx.main:
-            progress_line(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / max(1, steps):.4f}  val mIoU {miou:.4f}")
+            progress_line(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}  val mIoU {miou:.4f}")
         if ctx.main:
             save_checkpoint(out / LAST, {
                 "state_dict": model.state_dict(), "recipe": recipe.to_dict(), "epoch": epoch + 1, "history": history,

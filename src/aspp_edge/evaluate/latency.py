@@ -233,7 +233,8 @@ def peak_artifacts(cache_dir: str | Path) -> dict[tuple[str, str], Path]:
     torch.manual_seed(0)
     conv = nn.Sequential(*(nn.Conv2d(PEAK_CHANNELS, PEAK_CHANNELS, 1) for _ in range(PEAK_LAYERS))).eval()
     example = torch.randn(1, PEAK_CHANNELS, PEAK_SIZE, PEAK_SIZE)
-    program = quantize(conv, PTQConfig(observer="minmax"), calibration=[torch.randn(2, PEAK_CHANNELS, PEAK_SIZE, PEAK_SIZE)]).convert(fold_quantize=False)
+    calibration = [torch.randn(2, PEAK_CHANNELS, PEAK_SIZE, PEAK_SIZE)]
+    program = quantize(conv, PTQConfig(observer="minmax"), calibration=calibration).convert(fold_quantize=False)
     with torch.no_grad():
         build = {
             ("executorch", "fp32"): lambda: et.to_pte(conv, example)[0],

@@ -124,7 +124,8 @@ def rows_table(rows: list[dict[str, Any]]) -> list[str]:
         frac = r.get("peak_fraction")
         lines.append(
             f"| `{r['model']}` | {r['backend']} {r['precision']} | {r['size_bytes'] / 1e6:.2f} | {_f(lat.get('median'), '.2f')} "
-            f"| {_f(lat.get('p90'), '.2f')} | {_f(lat.get('min'), '.2f')} | {_f(r.get('load_ms'), '.0f')} | {_f(r.get('peak_rss_mb'), '.0f')} "
+            f"| {_f(lat.get('p90'), '.2f')} | {_f(lat.get('min'), '.2f')} | {_f(r.get('load_ms'), '.0f')} "
+            f"| {_f(r.get('peak_rss_mb'), '.0f')} "
             f"| {_f(r.get('gmacs_per_s'), '.1f')} | {_f(frac and 100 * frac, '.0f')} | {graph_text(r)} "
             f"| {r['evaluated_by'] if r.get('latency_ms') else r.get('latency_note') or r['evaluated_by']} |"
         )
@@ -148,7 +149,8 @@ def separable_table(doc: dict[str, Any]) -> list[str]:
                 speed = _ratio(_median(by.get((std, b, p))), _median(by.get((sep, b, p))))
                 if speed is not None:
                     lines.append(f"| {sep.split('@')[1]} | {b} {p} | {mac:.2f}x | {speed:.2f}x |")
-    return ["| backbone | artifact | MAC ratio aspp/sep_aspp | measured speedup (aspp ms / sep_aspp ms) |", "|---|---|---|---|"] + lines if lines else []
+    head = ["| backbone | artifact | MAC ratio aspp/sep_aspp | measured speedup (aspp ms / sep_aspp ms) |", "|---|---|---|---|"]
+    return head + lines if lines else []
 
 
 def verdicts(doc: dict[str, Any]) -> list[str]:
@@ -172,7 +174,8 @@ def verdicts(doc: dict[str, Any]) -> list[str]:
             a, b_ = _median(by.get((key, "executorch", p))), _median(by.get((key, "tflite", p)))
             if a is not None and b_:
                 faster = "ExecuTorch" if a < b_ else "LiteRT"
-                out.append(f"- `{key}`: {p} ExecuTorch {a:.2f} ms vs LiteRT {b_:.2f} ms median ({faster} {max(a, b_) / min(a, b_):.2f}x faster){note}.")
+                out.append(f"- `{key}`: {p} ExecuTorch {a:.2f} ms vs LiteRT {b_:.2f} ms median "
+                           f"({faster} {max(a, b_) / min(a, b_):.2f}x faster){note}.")
     for sep, std in separable_pairs(doc):
         mac = doc["models"][std]["gmacs"] / doc["models"][sep]["gmacs"]
         for b in timed:

@@ -35,5 +35,6 @@ def measure_artifact(artifact: Path, *, root: Path, head: str, gmacs: float, ref
                        "minority_agreement": acc.minority_agreement, "class_agreement": acc.class_agreement, "sqnr_db": acc.sqnr_db,
                        "pixel_accuracy": acc.pixel_accuracy, "accuracy_note": acc.accuracy_note}
     if not result.evaluated_by.interpreted:  # an interpreter's speed says nothing about the runtime's kernels
-        result.latency = measure(artifact, threads=threads, runs=runs, warmup=warmup, profile=True)  # per-operator times where the runtime has them
+        # profile: per-operator times where the runtime has them
+        result.latency = measure(artifact, threads=threads, runs=runs, warmup=warmup, profile=True)
     return result, acc.masks

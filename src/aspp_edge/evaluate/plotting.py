@@ -50,7 +50,8 @@ def place_labels(ax, points: list[tuple[float, float, str]]) -> None:
     for x, y, text in points:
         for i, (dx, dy) in enumerate(offsets):
             ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
-                              ha="left" if dx > 0 else "right", arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"} if abs(dy) > 14 else None)
+                              ha="left" if dx > 0 else "right",
+                              arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"} if abs(dy) > 14 else None)
             bb = ann.get_window_extent(renderer)
             box = (bb.x0, bb.y0, bb.x1, bb.y1)
             if free(box) or i == len(offsets) - 1:

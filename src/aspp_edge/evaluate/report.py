@@ -141,7 +141,8 @@ def table(rows: list[dict[str, Any]], *, with_head: bool) -> list[str]:
         lat = r.get("latency_ms") or {}
         lines.append(
             f"| {label(r, with_head)} | {_fmt(r['miou'], '.4f')} | {_marked(r, 'miou_drop', '.2f')} | {_marked(r, 'agreement', '.4f')} "
-            f"| {_fmt(r.get('minority_agreement'), '.4f')} | {_fmt(r['sqnr_db'], '.1f')} | {_fmt(lat.get('median'), '.3f')} | {_fmt(lat.get('p90'), '.3f')} "
+            f"| {_fmt(r.get('minority_agreement'), '.4f')} | {_fmt(r['sqnr_db'], '.1f')} | {_fmt(lat.get('median'), '.3f')} "
+            f"| {_fmt(lat.get('p90'), '.3f')} "
             f"| {_fmt(r['load_ms'], '.0f')} | {r['size_bytes'] / 1e6:.2f} | {_fmt(r['peak_rss_mb'], '.0f')} "
             f"| {_fmt(r['gmacs_per_s'], '.1f')} | {r['evaluated_by']} |"
         )
@@ -224,11 +225,13 @@ def verdict(rows: list[dict[str, Any]], deploy: dict[str, Any] | None = None) ->
                            f"is not judged on agreement: {note} (SQNR {r['sqnr_db']:.1f} dB).")
             elif r["precision"] == "fp16":
                 out.append(f"- {head}: Core ML fp16 ({r['evaluated_by']}) agrees with the float model on {r['agreement']:.4f} of pixels "
-                           f"({'meets' if r['agreement'] >= COREML_FP16_MIN_AGREEMENT else 'misses'} the {COREML_FP16_MIN_AGREEMENT} target).")
+                           f"({'meets' if r['agreement'] >= COREML_FP16_MIN_AGREEMENT else 'misses'} "
+                           f"the {COREML_FP16_MIN_AGREEMENT} target).")
             elif r.get("agreement_with"):
                 worst = min(r["agreement_with"].values())
                 pairs = ", ".join(f"{b} {v:.4f}" for b, v in sorted(r["agreement_with"].items()))
-                out.append(f"- {head}: Core ML int8 {r['method']} ({r['evaluated_by']}) vs the other int8 artifacts of its program: {pairs} "
+                out.append(f"- {head}: Core ML int8 {r['method']} ({r['evaluated_by']}) "
+                           f"vs the other int8 artifacts of its program: {pairs} "
                            f"({'meets' if worst >= CROSS_MIN_AGREEMENT else 'misses'} the {CROSS_MIN_AGREEMENT} target).")
         for method in METHODS:
             et = [r for r in mine if (r["backend"], r["precision"], r["method"]) == ("executorch", "int8", method)]
@@ -236,7 +239,8 @@ def verdict(rows: list[dict[str, Any]], deploy: dict[str, Any] | None = None) ->
             if et and tfl and et[0]["latency_ms"] and tfl[0]["latency_ms"] and head not in at_deploy:
                 a, b = et[0]["latency_ms"]["median"], tfl[0]["latency_ms"]["median"]
                 out.append(f"- {head}: {method} int8 ExecuTorch {a:.3f} ms vs LiteRT {b:.3f} ms median "
-                           f"({'ExecuTorch not slower' if a <= b else f'ExecuTorch {a / b:.2f}x slower'}){overhead_note(et[0].get('gmacs'))}.")
+                           f"({'ExecuTorch not slower' if a <= b else f'ExecuTorch {a / b:.2f}x slower'})"
+                           f"{overhead_note(et[0].get('gmacs'))}.")
     if at_deploy:
         size = deploy["config"]["size"]
         out += [line.replace("- `", f"- at {size}x{size} (architecture latency) `", 1) for line in deploy_verdicts(deploy)]
@@ -261,9 +265,11 @@ def _mixed_trade(head: str, mine: list[dict[str, Any]]) -> list[str]:
         cost = ""
         if r.get("latency_ms") and full.get("latency_ms"):
             delta = r["latency_ms"]["median"] - full["latency_ms"]["median"]
-            cost = f", median latency {delta:+.3f} ms ({r['latency_ms']['median']:.3f} vs {full['latency_ms']['median']:.3f}){overhead_note(r.get('gmacs'))}"
+            cost = (f", median latency {delta:+.3f} ms ({r['latency_ms']['median']:.3f} vs {full['latency_ms']['median']:.3f})"
+                    f"{overhead_note(r.get('gmacs'))}")
         figures = (f"SQNR {r['sqnr_db']:.1f} vs {full['sqnr_db']:.1f} dB (drop and agreement say nothing: {note})" if note else
-                   f"drop {r['miou_drop']:.2f} vs {full['miou_drop']:.2f} points, agreement {r['agreement']:.4f} vs {full['agreement']:.4f}")
+                   f"drop {r['miou_drop']:.2f} vs {full['miou_drop']:.2f} points, "
+                   f"agreement {r['agreement']:.4f} vs {full['agreement']:.4f}")
         out.append(f"- {head}: {r['backend']} mixed vs full-int8 PTQ: {figures}, size {r['size_bytes'] / 1e6:.2f} vs "
                    f"{full['size_bytes'] / 1e6:.2f} MB{cost}.")
     return out

@@ -98,9 +98,11 @@ def from_quantized(path: str | Path, source: ExportSource | None = None) -> Expo
         summary = json.loads(summary_path.read_text())
         recipe = Recipe.from_dict(summary["recipe"])
     except (OSError, json.JSONDecodeError, KeyError) as exc:
-        raise CheckpointError(f"quantized program {str(path)!r} has no readable summary {str(summary_path)!r} beside it ({type(exc).__name__})") from exc
+        raise CheckpointError(f"quantized program {str(path)!r} has no readable summary {str(summary_path)!r} beside it "
+                              f"({type(exc).__name__})") from exc
     if source is not None and source.recipe.to_dict()["model"] != recipe.to_dict()["model"]:
-        raise CheckpointError(f"quantized program {str(path)!r} was made from a different model than the checkpoint (recipe model sections differ)")
+        raise CheckpointError(f"quantized program {str(path)!r} was made from a different model than the checkpoint "
+                              "(recipe model sections differ)")
     stem = path.name.removesuffix("_int8.pt2")
     if source is None:
         source = ExportSource(recipe, checkpoint_sha256=summary.get("source_checkpoint_sha256"), name=stem)

@@ -24,7 +24,8 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
     info["file"] = readers[path.suffix].summary(path)  # the backend's own reader (the registry's `reader`)
     try:
         manifest = read_manifest(path)
-        info["manifest"] = {k: manifest[k] for k in ("backend", "precision", "method", "model", "input", "output", "labels", "backend_info", "sha256")}
+        keys = ("backend", "precision", "method", "model", "input", "output", "labels", "backend_info", "sha256")
+        info["manifest"] = {k: manifest[k] for k in keys}
         # how this backend's artifacts are checked on the exporting machine (older manifests: from the registry)
         info["manifest"]["checked_here"] = manifest.get("checked_here") or get_backend(manifest["backend"]).checked_here
         if "metrics" in manifest:
@@ -71,7 +72,8 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(f"  non-delegated ops  {_hist(f['non_delegated_ops'])}")
         if m and "conv_mac_fraction" in m["backend_info"]:
             b = m["backend_info"]
-            macs = "conv MACs unknown (none counted)" if b["conv_mac_fraction"] is None else f"{100 * b['conv_mac_fraction']:.1f}% of conv MACs"
+            macs = ("conv MACs unknown (none counted)" if b["conv_mac_fraction"] is None
+                    else f"{100 * b['conv_mac_fraction']:.1f}% of conv MACs")
             lines.append(f"  delegated {b['nodes_delegated']}/{b['nodes_total']} nodes, {macs} (at export)")
             if "mil_ops" in b:  # Core ML delegate: its ML Program, as the MIL reference interpreter reads it
                 lines.append(f"  Core ML   {b['compute_units']}, {b['minimum_deployment_target']}, compute {b['compute_precision']}; "
@@ -101,7 +103,8 @@ def format_inspection(info: dict[str, Any]) -> str:
         from ..runtime.mil import SUPPORTED_OPS
 
         outside = sorted(set(f["ops"]) - set(SUPPORTED_OPS))
-        lines.append(f"  mil-reference  {'runs every op of this program (Linux check)' if not outside else 'cannot run: ' + ', '.join(outside)}")
+        verdict = "runs every op of this program (Linux check)" if not outside else "cannot run: " + ", ".join(outside)
+        lines.append(f"  mil-reference  {verdict}")
         preview = {k: v for k, v in f["metadata"].items() if k.startswith("com.apple")}
         lines.append(f"  metadata  {json.dumps(preview)}; {len(f['metadata'])} user-defined keys")
     else:  # a registered backend's own summary, as its reader gives it

@@ -198,7 +198,8 @@ def _metadata(recipe: Recipe, *, description: str, float_input: bool) -> bytes:
     image.stats = stats
 
     labels = meta.AssociatedFileT()
-    labels.name, labels.description, labels.type = LABELS_FILE, "class names, one per line, in output channel order", meta.AssociatedFileType.TENSOR_AXIS_LABELS
+    labels.name, labels.description = LABELS_FILE, "class names, one per line, in output channel order"
+    labels.type = meta.AssociatedFileType.TENSOR_AXIS_LABELS
     logits = _image_tensor(meta, OUTPUT_NAME, "per-class logits; argmax over the class axis is the mask", meta.ColorSpaceType.GRAYSCALE)
     logits.associatedFiles = [labels]
 
@@ -312,7 +313,8 @@ def summarize(model) -> dict[str, Any]:
     def tensor(i: int) -> dict[str, Any]:
         t = sg.tensors[i]
         q = t.quantization
-        qp = {"scale": float(q.scale[0]), "zero_point": int(q.zeroPoint[0])} if q is not None and q.scale is not None and len(q.scale) else None
+        has_qp = q is not None and q.scale is not None and len(q.scale)
+        qp = {"scale": float(q.scale[0]), "zero_point": int(q.zeroPoint[0])} if has_qp else None
         return {"name": t.name.decode(), "shape": [int(s) for s in t.shape], "dtype": types[t.type].lower(), "quantization": qp}
 
     return {

@@ -117,7 +117,8 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
             layouts=("NHWC", "NCHW"), int8_io_dtypes=("float32", "int8"), device_binary="benchmark_model",
             reader="aspp_edge.export.tflite:file_summary", graph="aspp_edge.export.tflite:graph_facts",
             graph_text="aspp_edge.export.tflite:graph_line", marker="s",
-            no_profile_why="LiteRT's Python interpreter exposes no per-operator times", app_file="segmenter.tflite", app_platforms=("android",)),
+            no_profile_why="LiteRT's Python interpreter exposes no per-operator times",
+            app_file="segmenter.tflite", app_platforms=("android",)),
     # The phone's accelerators through ExecuTorch (opt-in: each adds minutes of lowering to a run).
     # Core ML: the delegate's ML Program is checked here in the MIL reference interpreter.
     Backend("executorch-coreml", "pte", ("fp16", "int8"), "fp16", check_pte,

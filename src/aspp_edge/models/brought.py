@@ -226,7 +226,8 @@ def load_weights(model: nn.Module, path: str | Path, source: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip/pickle errors: not a state dict we can read safely
-        raise CheckpointError(f"weights {str(path)!r} for {source} are corrupt or not a weights-only torch file ({type(exc).__name__})") from exc
+        raise CheckpointError(f"weights {str(path)!r} for {source} are corrupt or not a weights-only torch file "
+                              f"({type(exc).__name__})") from exc
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]  # an aspp-edge float.pt or a trainer checkpoint
         own = model.state_dict()

@@ -46,7 +46,8 @@ def _layers(model: nn.Module) -> dict[str, nn.Module]:
 def _capture(model: nn.Module, names: dict[str, nn.Module], x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     acts: dict[str, torch.Tensor] = {}
     modules = dict(model.named_modules())
-    hooks = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: acts.__setitem__(n, out.detach().float().clone()))  # clone: in-place activations follow
+    # clone: in-place activations follow
+    hooks = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: acts.__setitem__(n, out.detach().float().clone()))
              for n in names]
     try:
         with torch.no_grad():

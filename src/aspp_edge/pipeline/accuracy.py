@@ -152,7 +152,8 @@ class AccuracyStages:
 
         model, ref = self.reference_logits(recipe, ckpt)
         stats = model_stats(model)
-        payload = {"head": head, "model": describe_model(recipe, model), "device": ref.device, "miou": ref.miou, "pixel_accuracy": ref.pixel_accuracy,
+        payload = {"head": head, "model": describe_model(recipe, model), "device": ref.device, "miou": ref.miou,
+                   "pixel_accuracy": ref.pixel_accuracy,
                    **ref.spread, "checkpoint": str(ckpt.relative_to(self.out)), "checkpoint_sha256": sha256_file(ckpt),
                    "params": stats.params, "gmacs": stats.macs / 1e9, "images": len(ref.logits)}
         _write_masks(path.with_suffix(".npz"), ref.masks)

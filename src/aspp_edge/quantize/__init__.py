@@ -30,7 +30,8 @@ from .qat import qat
 from .quantizers import build_quantizer
 from .rewrites import drop_saturated_clamps
 
-__all__ = ["PTQConfig", "QATConfig", "QuantizedModel", "build_quantizer", "fold_weights", "load_quantized", "quantize", "sensitivity_program"]
+__all__ = ["PTQConfig", "QATConfig", "QuantizedModel", "build_quantizer", "fold_weights", "load_quantized", "quantize",
+           "sensitivity_program"]
 
 @dataclass
 class QuantizedModel:

@@ -19,8 +19,7 @@ from ..data import build_dataset, calibration_dataset
 from ..distributed import finish_distributed, init_distributed
 from ..errors import ConfigError, choices_error
 from ..fileio import sha256_file
-from ..metrics import reference_spread
-from ..metrics import evaluate_miou
+from ..metrics import evaluate_miou, reference_spread
 from . import QuantizedModel, fold_weights, quantize
 
 SQNR_IMAGES = 32  # val images whose logits the SQNR and agreement figures are computed on
@@ -83,6 +82,56 @@ def compare_logits(reference: torch.nn.Module, candidate: torch.nn.Module, image
     return sqnr_db(ref, out), float((ref.argmax(1) == out.argmax(1)).float().mean())
 
 
+def _measure(model: torch.nn.Module, converted: torch.nn.Module, val, batch_size: int) -> dict[str, Any]:
+    """The int8 program against the float model: val mIoU of both, logits SQNR and argmax agreement
+    on the first SQNR_IMAGES val images, and how varied the float model's own predictions are there
+    (the reference spread: is agreement informative)."""
+    cpu = torch.device("cpu")
+    float_miou, int8_miou = evaluate_miou(model, val, cpu, batch_size), evaluate_miou(converted, val, cpu, batch_size)
+    images = torch.stack([val[i][0] for i in range(min(SQNR_IMAGES, len(val)))])
+    with torch.no_grad():
+        ref, out = model(images), converted(images)
+    classes = torch.bincount(ref.argmax(1).ravel(), minlength=val.num_classes).numpy()
+    return {"float_miou": float_miou, "int8_miou": int8_miou, "miou_drop_points": 100 * (float_miou - int8_miou),
+            "sqnr_db": sqnr_db(ref, out), "agreement": float((ref.argmax(1) == out.argmax(1)).float().mean()),
+            "spread": reference_spread(classes, tuple(getattr(val, "classes", ()) or ()))}
+
+
+def _layers(qmodel: QuantizedModel, converted: torch.nn.Module, calib: list[torch.Tensor]) -> list[dict[str, Any]]:
+    """Per-layer report: the prepared program with fake quant off against the converted one."""
+    qmodel.prepared.apply(disable_fake_quant)
+    try:
+        return layer_report(qmodel.prepared, converted, calib[0][:REPORT_IMAGES])
+    finally:
+        qmodel.prepared.apply(enable_fake_quant)
+
+
+def _cle_meta(model: torch.nn.Module, config, val, batch_size: int) -> dict[str, Any]:
+    """With cle: what equalization did and the equalized float model's val mIoU (it must not move)."""
+    if not getattr(config, "cle", False):
+        return {}
+    from ..calibration.equalize import EqualizeReport, equalize
+
+    report = EqualizeReport()
+    equalized = equalize(model, report)
+    return {"cle": dataclasses.asdict(report), "cle_float_miou": evaluate_miou(equalized, val, torch.device("cpu"), batch_size)}
+
+
+def _sensitivity(qmodel: QuantizedModel, model, config, method: str, calib, val, float_miou: float, top: int, batch_size: int,
+                 progress: bool):
+    """The isolated per-layer sensitivity report (`sensitivity.analyze`), unless keep_float auto measured one with `top`."""
+    from .sensitivity import SENSITIVITY_IMAGES, TOP_CANDIDATES, analyze
+
+    report = qmodel.sensitivity
+    if report is None or top != TOP_CANDIDATES:
+        from . import sensitivity_program
+
+        full = qmodel.prepared if method == "ptq" and not qmodel.float_layers else sensitivity_program(model, config, calib)
+        report = analyze(model, full, torch.cat(calib)[:SENSITIVITY_IMAGES], val=val, float_miou=float_miou, top=top,
+                         batch_size=batch_size, progress=progress)
+    return report
+
+
 def quantize_checkpoint(
     recipe: Recipe, checkpoint: str | Path, method: str, out_dir: str | Path, *, name: str | None = None, progress: bool = True,
     sensitivity: bool = False, sensitivity_top: int = 5, **overrides: Any,
@@ -97,63 +146,38 @@ def quantize_checkpoint(
     model, recipe, _ = load_model(checkpoint, recipe)
     calib, calib_split = calibration_images(recipe, config)
     ctx, device = init_distributed(None)  # under torchrun, QAT trains as DDP; rank 0 writes
-    val = build_dataset(recipe, "val")
+    val, batch = build_dataset(recipe, "val"), recipe.train.batch_size
     qmodel: QuantizedModel = quantize(
         model, config, calibration=calib, train_set=build_dataset(recipe, "train") if method == "qat" else None,
         val_set=val, device=device, progress=progress,
     )
     unfolded = qmodel.convert(fold_quantize=False)  # saved below; converted once (QAT's convert is slow)
     converted = fold_weights(unfolded)
-    float_miou = evaluate_miou(model, val, torch.device("cpu"), recipe.train.batch_size)
-    int8_miou = evaluate_miou(converted, val, torch.device("cpu"), recipe.train.batch_size)
-    images = torch.stack([val[i][0] for i in range(min(SQNR_IMAGES, len(val)))])
-    sqnr, agreement = compare_logits(model, converted, images)
-    with torch.no_grad():  # how varied the float model's own predictions are: is agreement informative
-        classes = torch.bincount(model(images).argmax(1).ravel(), minlength=val.num_classes).numpy()
-    spread = reference_spread(classes, tuple(getattr(val, "classes", ()) or ()))
-    qmodel.prepared.apply(disable_fake_quant)
-    try:
-        layers = layer_report(qmodel.prepared, converted, calib[0][:REPORT_IMAGES])
-    finally:
-        qmodel.prepared.apply(enable_fake_quant)
-    cle_meta = {}
-    if getattr(config, "cle", False):
-        from ..calibration.equalize import EqualizeReport, equalize
-
-        report = EqualizeReport()
-        equalized = equalize(model, report)
-        cle_meta = {"cle": dataclasses.asdict(report),
-                    "cle_float_miou": evaluate_miou(equalized, val, torch.device("cpu"), recipe.train.batch_size)}
+    m = _measure(model, converted, val, batch)
+    layers = _layers(qmodel, converted, calib)
+    qat_selection = qmodel.prepared.meta.get("qat_selection")
     qmodel.meta = {
-        **cle_meta, "rank_weight_sha256": qmodel.prepared.meta.get("rank_weight_sha256"), "world_size": ctx.world,
-        "recipe": recipe.to_dict(), "source_checkpoint_sha256": sha256_file(checkpoint), "calibration_split": calib_split,
-        "float_miou": float_miou, "int8_miou": int8_miou, "miou_drop_points": 100 * (float_miou - int8_miou),
-        "sqnr_db": sqnr, "agreement": agreement, "accuracy_note": spread["note"],
-        "evaluated_on": "int8 Q/DQ reference program (PyTorch, cpu)",
-        **({"qat_selection": qmodel.prepared.meta["qat_selection"]} if "qat_selection" in qmodel.prepared.meta else {}),
+        **_cle_meta(model, config, val, batch), "rank_weight_sha256": qmodel.prepared.meta.get("rank_weight_sha256"),
+        "world_size": ctx.world, "recipe": recipe.to_dict(), "source_checkpoint_sha256": sha256_file(checkpoint),
+        "calibration_split": calib_split, **{k: m[k] for k in ("float_miou", "int8_miou", "miou_drop_points", "sqnr_db", "agreement")},
+        "accuracy_note": m["spread"]["note"], "evaluated_on": "int8 Q/DQ reference program (PyTorch, cpu)",
+        **({"qat_selection": qat_selection} if qat_selection is not None else {}),
     }
-    report = qmodel.sensitivity
-    from .sensitivity import SENSITIVITY_IMAGES, TOP_CANDIDATES, analyze
-
-    if sensitivity and (report is None or sensitivity_top != TOP_CANDIDATES):  # keep_float auto measured one already
-        from . import sensitivity_program
-
-        full = qmodel.prepared if method == "ptq" and not qmodel.float_layers else sensitivity_program(model, config, calib)
-        report = analyze(model, full, torch.cat(calib)[:SENSITIVITY_IMAGES], val=val, float_miou=float_miou, top=sensitivity_top,
-                         batch_size=recipe.train.batch_size, progress=progress)
+    report = (_sensitivity(qmodel, model, config, method, calib, val, m["float_miou"], sensitivity_top, batch, progress)
+              if sensitivity else qmodel.sensitivity)
     if qmodel.selection is not None:
-        qmodel.selection["program_miou_drop"] = 100 * (float_miou - int8_miou)  # the saved program, as evaluated above
+        qmodel.selection["program_miou_drop"] = m["miou_drop_points"]  # the saved program, as evaluated above
         qmodel.selection["met"] = qmodel.selection["program_miou_drop"] <= config.max_drop
     name = name or f"{recipe.name}_{method}"
-    program = Path(out_dir) / f"{name}_int8.pt2"
-    reports = {"layers": layers, **({"sensitivity": report.to_dict()} if report is not None and (sensitivity or config.auto_float) else {})}
+    keep_report = report is not None and (sensitivity or config.auto_float)
     if ctx.main:
-        qmodel.save(out_dir, name, reports=reports, converted=unfolded)
+        qmodel.save(out_dir, name, reports={"layers": layers, **({"sensitivity": report.to_dict()} if keep_report else {})},
+                    converted=unfolded)
     finish_distributed(ctx)
     return QuantizeResult(
-        program=program, method=method, float_miou=float_miou, int8_miou=int8_miou,
-        miou_drop_points=100 * (float_miou - int8_miou), sqnr_db=sqnr, agreement=agreement,
+        program=Path(out_dir) / f"{name}_int8.pt2", method=method, float_miou=m["float_miou"], int8_miou=m["int8_miou"],
+        miou_drop_points=m["miou_drop_points"], sqnr_db=m["sqnr_db"], agreement=m["agreement"],
         seconds=time.perf_counter() - started, worst_layers=layers[:5], float_layers=list(qmodel.float_layers),
-        keep_float_auto=qmodel.selection, sensitivity=report if (sensitivity or config.auto_float) else None,
-        accuracy_note=spread["note"], qat_selection=qmodel.prepared.meta.get("qat_selection"),
+        keep_float_auto=qmodel.selection, sensitivity=report if keep_report else None,
+        accuracy_note=m["spread"]["note"], qat_selection=qat_selection,
     )

@@ -167,6 +167,79 @@ def pixel_kl(logits: torch.Tensor, reference: torch.Tensor) -> float:
     return float(nn.functional.kl_div(logits.log_softmax(1), reference.log_softmax(1), reduction="none", log_target=True).sum(1).mean())
 
 
+def _prepare(model: nn.Module, config: QATConfig, batches: list[torch.Tensor], float_layers, device: torch.device) -> GraphModule:
+    """The QAT program of `model` with its ranges initialised as PTQ calibrates them: BN statistics
+    held and fake quant off, so every observer sees the float activations and step 0 is PTQ's
+    program by construction. (The ranges up to 20% wider than PTQ's seen on a MobileNetV3 came from
+    torchao's BN literals, which `match_template_eps`/`restore_bn_literals` keep as the model has
+    them, not from the rounding noise: with fake quant on they moved by under 0.1 dB; issue 37.)"""
+    model = copy.deepcopy(model).train()
+    match_template_eps(model)
+    exported = export_dynamic_batch(model, batches[0]).module()
+    integer_friendly(exported)
+    float_nodes = check_layer_names(exported, config.float_layers if float_layers is None else float_layers)
+    literals = bn_literals(exported)
+    prepared = prepare_qat_pt2e(exported, build_quantizer(qat=True, observer=config.observer, per_channel=config.per_channel,
+                                                          float_nodes=float_nodes))
+    restore_bn_literals(prepared, literals)
+    prepared.to(device)
+    set_mode(prepared, bn_training=False, dropout=False)
+    prepared.apply(disable_fake_quant)
+    with torch.no_grad():
+        for batch in batches:
+            prepared(batch.to(device))
+    prepared.apply(enable_fake_quant)
+    return prepared
+
+
+class _Selection:
+    """The checks of a QAT run: the inference copy of the program at each checked step, measured
+    against the float model's logits on the calibration images; keeps the least-KL one (or the
+    last). Rank 0 decides, so every rank keeps the same step."""
+
+    def __init__(self, config: QATConfig, ref: torch.Tensor, batches: list[torch.Tensor], device: torch.device, ctx,
+                 on_check: Callable[[int, GraphModule], None] | None) -> None:
+        self.config, self.ref, self.batches, self.device, self.ctx, self.on_check = config, ref, batches, device, ctx, on_check
+        self.trace: list[dict[str, float]] = []
+        self.best: dict = {}
+
+    def check(self, prepared: GraphModule, step: int) -> None:
+        program = inference_copy(prepared)
+        with torch.no_grad():
+            out = torch.cat([program(batch.to(self.device)) for batch in self.batches])
+        ref = self.ref
+        row = {"step": step, "kl": pixel_kl(out, ref), "sqnr_db": sqnr_db(ref, out),
+               "agreement": float((ref.argmax(1) == out.argmax(1)).float().mean())}
+        self.trace.append(row)
+        if self.on_check is not None:
+            self.on_check(step, program)
+        better = not self.best or (self.config.select == "last") or row["kl"] < self.best["row"]["kl"]
+        if broadcast_flag(better, self.ctx):
+            self.best.update(row=row, program=program)
+
+    def chosen(self) -> GraphModule:
+        program = self.best["program"]
+        set_mode(program, bn_training=False, dropout=False)
+        program.meta["qat_selection"] = {
+            "select": self.config.select, **self.best["row"],
+            "measured_on": f"{sum(b.shape[0] for b in self.batches)} calibration images, against the float model (best: least kl)",
+            "checks": self.trace,
+        }
+        return program
+
+
+def _loss(config: QATConfig, logits: torch.Tensor, masks: torch.Tensor, images: torch.Tensor, teacher: nn.Module | None,
+          criterion: nn.Module) -> torch.Tensor:
+    """Cross-entropy on the labels and/or (`distill`) the KL divergence from the teacher's per-pixel classes."""
+    loss = criterion(logits, masks) if config.distill < 1 else logits.new_zeros(())
+    if teacher is not None:
+        with torch.no_grad():
+            target = teacher(images).log_softmax(1)
+        kl = nn.functional.kl_div(logits.log_softmax(1), target, reduction="none", log_target=True).sum(1).mean()
+        loss = (1 - config.distill) * loss + config.distill * kl
+    return loss
+
+
 def qat(
     model: nn.Module,
     config: QATConfig,
@@ -193,48 +266,12 @@ def qat(
     torch.manual_seed(config.seed)
     reference = copy.deepcopy(model).eval().to(device)
     teacher = reference if config.distill > 0 else None
-    model = copy.deepcopy(model).train()
-    match_template_eps(model)
-    exported = export_dynamic_batch(model, batches[0]).module()
-    integer_friendly(exported)
-    float_nodes = check_layer_names(exported, config.float_layers if float_layers is None else float_layers)
-    literals = bn_literals(exported)
-    prepared = prepare_qat_pt2e(exported, build_quantizer(qat=True, observer=config.observer, per_channel=config.per_channel,
-                                                          float_nodes=float_nodes))
-    restore_bn_literals(prepared, literals)
-    prepared.to(device)
-
-    # Initialise the ranges as PTQ calibrates them: BN statistics held and fake quant off, so every
-    # observer sees the float activations and step 0 is PTQ's program by construction. (The ranges
-    # up to 20% wider than PTQ's seen on a MobileNetV3 came from the BN literals above, not from
-    # the rounding noise: with fake quant on they moved by under 0.1 dB; issue 37.)
-    set_mode(prepared, bn_training=False, dropout=False)
-    prepared.apply(disable_fake_quant)
-    with torch.no_grad():
-        for batch in batches:
-            prepared(batch.to(device))
-    prepared.apply(enable_fake_quant)
+    prepared = _prepare(model, config, batches, float_layers, device)
     with torch.no_grad():
         ref = torch.cat([reference(batch.to(device)) for batch in batches])
-    trace: list[dict[str, float]] = []
-    best: dict = {}
-
-    def check(step: int) -> None:
-        program = inference_copy(prepared)
-        with torch.no_grad():
-            outs = [program(batch.to(device)) for batch in batches]
-        out = torch.cat(outs)
-        row = {"step": step, "kl": pixel_kl(out, ref), "sqnr_db": sqnr_db(ref, out),
-               "agreement": float((ref.argmax(1) == out.argmax(1)).float().mean())}
-        trace.append(row)
-        if on_check is not None:
-            on_check(step, program)
-        better = not best or (config.select == "last") or row["kl"] < best["row"]["kl"]
-        if broadcast_flag(better, ctx):  # rank 0 decides, so every rank keeps the same step
-            best.update(row=row, program=program)
-
+    selection = _Selection(config, ref, batches, device, ctx, on_check)
     checks = set(range(0, config.steps + 1, check_every)) | {config.steps} if check_every else set(check_steps(config.steps, config.checks))
-    check(0)
+    selection.check(prepared, 0)
     # With distillation the target is the teacher in inference mode: a student that drops
     # activations would learn to fit the teacher through the noise and drift from it once dropout
     # is off. BN trains on batch statistics until `bn_freeze_at` (the first step's check below).
@@ -251,7 +288,8 @@ def qat(
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     num_classes = getattr(train_set, "num_classes", None)
     cm = None
-    bar = progress_bar(itertools.islice(loader, config.steps), total=config.steps, desc="qat", disable=not (progress and ctx.main), leave=False)
+    bar = progress_bar(itertools.islice(loader, config.steps), total=config.steps, desc="qat", disable=not (progress and ctx.main),
+                       leave=False)
     for step, (images, masks) in enumerate(bar):
         if step == config.bn_freeze_at:
             freeze_bn_stats(prepared)
@@ -259,12 +297,7 @@ def qat(
             prepared.apply(disable_observer)
         images, masks = images.to(device), masks.to(device)
         logits = net(images)
-        loss = criterion(logits, masks) if config.distill < 1 else logits.new_zeros(())
-        if teacher is not None:
-            with torch.no_grad():
-                target = teacher(images).log_softmax(1)
-            kl = nn.functional.kl_div(logits.log_softmax(1), target, reduction="none", log_target=True).sum(1).mean()
-            loss = (1 - config.distill) * loss + config.distill * kl
+        loss = _loss(config, logits, masks, images, teacher, criterion)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -274,13 +307,7 @@ def qat(
             cm = batch_cm if cm is None else cm + batch_cm
             bar.set_postfix(loss=f"{loss.item():.3f}", miou=f"{mean_iou(cm.cpu()):.3f}")
         if step + 1 in checks:
-            check(step + 1)
-    chosen = best["program"]
-    set_mode(chosen, bn_training=False, dropout=False)
-    chosen.meta["qat_selection"] = {
-        "select": config.select, **best["row"],
-        "measured_on": f"{sum(b.shape[0] for b in batches)} calibration images, against the float model (best: least kl)",
-        "checks": trace,
-    }
+            selection.check(prepared, step + 1)
+    chosen = selection.chosen()
     chosen.meta["rank_weight_sha256"] = sync_and_hash(chosen, ctx)
     return chosen.cpu()

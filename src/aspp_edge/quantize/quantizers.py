@@ -117,7 +117,8 @@ def check_layer_names(model: GraphModule, names) -> set[str]:
     return nodes
 
 
-def scheme_config(*, observer: str = "minmax", per_channel: bool = True, qat: bool = False, percentile: float = 99.99) -> QuantizationConfig:
+def scheme_config(*, observer: str = "minmax", per_channel: bool = True, qat: bool = False,
+                  percentile: float = 99.99) -> QuantizationConfig:
     """The int8 scheme's QuantizationConfig with the chosen activation observer.
 
     QAT: with observer "ema" the activations keep XNNPACK's fused moving-average fake quant;

@@ -108,7 +108,8 @@ def hardswish_as_int8_gate(gm: GraphModule) -> list[str]:
             continue
         dq, users = node.args[0], list(node.users)
         val = node.meta.get("val")  # convert_pt2e's dequantize nodes carry no shape; the op's output has x's
-        if _qparams(dq) is None or dq.target != DEQUANTIZE or val is None or val.dim() != 4 or len(users) != 1 or users[0].target != QUANTIZE:
+        if (_qparams(dq) is None or dq.target != DEQUANTIZE or val is None or val.dim() != 4 or len(users) != 1
+                or users[0].target != QUANTIZE):
             continue
         channels = int(val.shape[1])
         stem = f"_hardswish_gate_{len(done)}"

@@ -213,10 +213,12 @@ class SensitivityReport:
 
         lines = [f"{'#':>3}  {'layer':<{width}}  {'int8 alone: SQNR dB  agree  drop':>33}   {'float alone: SQNR dB  agree  drop':>34}"]
         for i, r in enumerate(rows, 1):
-            lines.append(f"{i:>3}  {r.layer:<{width}}  {_db(r.alone_int8_sqnr_db):>19} {r.alone_int8_agreement:6.4f} {drop(r.alone_int8_miou_drop)}"
+            lines.append(f"{i:>3}  {r.layer:<{width}}  {_db(r.alone_int8_sqnr_db):>19} {r.alone_int8_agreement:6.4f} "
+                         f"{drop(r.alone_int8_miou_drop)}"
                          f"   {_db(r.alone_float_sqnr_db):>20} {r.alone_float_agreement:6.4f} {drop(r.alone_float_miou_drop)}")
         full = drop(self.full_int8_miou_drop).strip()
-        lines.append(f"full int8: {_db(self.full_int8_sqnr_db).strip()} dB, agreement {self.full_int8_agreement:.4f}, mIoU drop {full} points"
+        lines.append(f"full int8: {_db(self.full_int8_sqnr_db).strip()} dB, agreement {self.full_int8_agreement:.4f}, "
+                     f"mIoU drop {full} points"
                      f"  ({self.images} calibration images; drops on {self.val_images} val images; {self.seconds:.0f} s)")
         return "\n".join(lines)
 

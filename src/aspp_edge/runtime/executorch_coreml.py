@@ -85,7 +85,8 @@ class CoreMLDelegateRunner(Runner):
         try:
             from executorch.backends.apple.coreml import executorchcoreml  # noqa: F401
         except ImportError as exc:
-            raise RuntimeMissing(f"reading {self.path.name} needs ExecuTorch's Core ML tools: pip install executorch==1.5.1 ({exc})") from exc
+            raise RuntimeMissing(f"reading {self.path.name} needs ExecuTorch's Core ML tools: "
+                                 f"pip install executorch==1.5.1 ({exc})") from exc
         from .mil import MILProgram
 
         # MILProgram reads every constant when it is built, so the unflattened package can go right after
