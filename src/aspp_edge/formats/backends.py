@@ -182,31 +182,5 @@ def get_backend(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def backend_for(path: str | Path) -> Backend:
-    """The backend an artifact belongs to: by its extension, and where several backends share it
-    (.pte: executorch, executorch-coreml, executorch-vulkan) by the manifest beside it."""
-    path = Path(path)
-    candidates = [b for b in BACKENDS.values() if path.suffix == b.suffix]
-    if not candidates:
-        raise choices_error("artifact type", path.suffix or path.name, suffixes(), cls=AsppEdgeError)
-    if len(candidates) == 1:
-        return candidates[0]
-    from .manifest import manifest_path, read_manifest
-
-    names = ", ".join(b.name for b in candidates)
-    if not path.exists():
-        raise AsppEdgeError(f"artifact {str(path)!r} not found")
-    for check in dict.fromkeys(b.check for b in candidates):  # the file's own format first: a foreign file says so
-        check(path)
-    if manifest_path(path).is_file():
-        backend = read_manifest(path)["backend"]  # a broken manifest: its own one-line ManifestError
-    else:
-        raise AsppEdgeError(f"{str(path)!r}: a {path.suffix} file is written by one of {names}; its manifest says which, "
-                            f"and there is none beside it ({manifest_path(path).name}, written by `aspp-edge export`)")
-    if backend not in {b.name for b in candidates}:
-        raise choices_error(f"backend of a {path.suffix} manifest", backend, [b.name for b in candidates], cls=AsppEdgeError)
-    return BACKENDS[backend]
-
-
 def artifact_name(name: str, backend: str, precision: str) -> str:
     return f"{name}_{backend}_{precision}{get_backend(backend).suffix}"
