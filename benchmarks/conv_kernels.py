@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from aspp_edge.config import PTQConfig
-from aspp_edge.evaluate.latency import PEAK_CHANNELS, PEAK_LAYERS, PEAK_SIZE, measure, peak_artifacts, peak_macs
+from aspp_edge.evaluate.latency import PEAK_CHANNELS, PEAK_LAYERS, PEAK_SIZE, etdump_kinds, measure, peak_artifacts, peak_macs
 from aspp_edge.evaluate.report import machine_line, provenance
 from aspp_edge.export import executorch as et
 from aspp_edge.export import tflite as tfl
@@ -76,29 +73,16 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def etdump_kinds(path: Path, threads: int, runs: int = 5) -> dict[str, float]:
-    """Median ms per XNNPACK operator name (ETDump) of a raw `.pte` with a float input."""
-    from executorch.devtools import Inspector
+def etdump_kinds_of(path: Path, threads: int, runs: int = 5) -> dict[str, float]:
+    """Median ms per XNNPACK operator kind (ETDump) of a raw `.pte` with a float input, at `threads`."""
     from executorch.extension.pybindings import portable_lib
 
     from aspp_edge.runtime.executorch import set_threads
 
     set_threads(threads)
     module = portable_lib._load_for_executorch(str(path), enable_etdump=True)
-    shape = tuple(module.method_meta("forward").input_tensor_meta(0).sizes())
-    x = torch.randn(shape)
-    for _ in range(runs):
-        module.forward([x])
-    with tempfile.TemporaryDirectory() as tmp:
-        dump = Path(tmp) / "run.etdump"
-        module.write_etdump_result_to_file(str(dump))
-        frame = Inspector(etdump_path=str(dump)).to_dataframe()
-    kinds: dict[str, float] = {}
-    for block, name, raw in zip(frame["event_block_name"], frame["event_name"], frame["raw"]):
-        if block == "Execute" and raw and name not in ("Method::execute", "DELEGATE_CALL"):
-            kind = re.sub(r"\s*#\d+$", "", str(name))  # "Fully Connected (NC, QS8, QC8W) GEMM #3" -> one kind
-            kinds[kind] = kinds.get(kind, 0.0) + float(np.median(raw))
-    return kinds
+    x = torch.randn(tuple(module.method_meta("forward").input_tensor_meta(0).sizes()))
+    return etdump_kinds(module, x, runs)
 
 
 def main() -> None:
@@ -130,8 +114,8 @@ def main() -> None:
         for (rt, dt), path in peak.items():
             ms = measure(path, threads=threads, runs=args.runs, warmup=3, raw=True).median_ms
             row[f"{rt} {dt} ms"], row[f"{rt} {dt} GMAC/s"] = ms, peak_macs() / 1e9 / (ms / 1e3)
-        row["executorch int8 ops"] = etdump_kinds(peak["executorch", "int8"], threads)
-        row["executorch fp32 ops"] = etdump_kinds(peak["executorch", "fp32"], threads)
+        row["executorch int8 ops"] = etdump_kinds_of(peak["executorch", "int8"], threads)
+        row["executorch fp32 ops"] = etdump_kinds_of(peak["executorch", "fp32"], threads)
         pointwise.append(row)
         tqdm.write(json.dumps(row))
     made = provenance()

@@ -145,17 +145,11 @@ def _raw_invoke(path: Path, threads: int):
     return interp.invoke, f"{name} {importlib.metadata.version(name)}"
 
 
-def executorch_profile(path: str | Path, runs: int = 3) -> dict[str, float]:
-    """Median ms per XNNPACK operator kind over `runs` profiled runs (ETDump), largest first."""
-    import torch
+def etdump_kinds(module, x, runs: int = 3) -> dict[str, float]:
+    """Median ms per XNNPACK operator kind over `runs` profiled runs of `module` (an ExecuTorch program
+    loaded with `enable_etdump=True`) on `x`: ETDump's event names without their "#n", largest first."""
     from executorch.devtools import Inspector
-    from executorch.extension.pybindings import portable_lib
 
-    from ..runtime import load
-
-    runner = load(path)  # for the input shape and conversion only
-    x = torch.from_numpy(runner._to_input(np.zeros(runner.input_shape, np.float32)))
-    module = portable_lib._load_for_executorch(str(path), enable_etdump=True)
     for _ in range(runs):
         module.forward([x])
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,6 +163,18 @@ def executorch_profile(path: str | Path, runs: int = 3) -> dict[str, float]:
         kind = re.sub(r"\s*#\d+$", "", str(name))
         kinds[kind] = kinds.get(kind, 0.0) + float(np.median(raw))
     return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+
+def executorch_profile(path: str | Path, runs: int = 3) -> dict[str, float]:
+    """Median ms per XNNPACK operator kind over `runs` profiled runs (ETDump) of an artifact, largest first."""
+    import torch
+    from executorch.extension.pybindings import portable_lib
+
+    from ..runtime import load
+
+    runner = load(path)  # for the input shape and conversion only
+    x = torch.from_numpy(runner._to_input(np.zeros(runner.input_shape, np.float32)))
+    return etdump_kinds(portable_lib._load_for_executorch(str(path), enable_etdump=True), x, runs)
 
 
 def _import_runtime(path: Path) -> None:
