@@ -8,7 +8,7 @@ import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConfigError, choices_error
 from ..fileio import write_text_atomic
@@ -111,5 +111,3 @@ def add_peak_fraction(rows: list[dict[str, Any]], peaks: dict[str, Any] | None) 
         peak = (peaks or {}).get(f"{r['backend']} {r['precision']}")
         r["peak_fraction"] = r["gmacs_per_s"] / peak["gmacs_per_s"] if peak and r.get("gmacs_per_s") else None
 
-
-Log = Callable[[str], None]

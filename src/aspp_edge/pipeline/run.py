@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..apps import app_files
+from ..apps import app_files, check_app_root, install_for_apps
 from ..config import METHODS, RUN_METHODS, Recipe
 from ..errors import ConfigError
 from ..stages import Stage
@@ -131,8 +131,6 @@ def run(
     backends = parse_backends(backends)  # 'all' and the default: the registry's default set; opt-in backends are named
     methods = parse_choices(methods, RUN_METHODS, "method", METHODS, all_=METHODS)  # 'mixed' is named
     if for_apps is not None:
-        from ..apps import check_app_root
-
         check_app_root(for_apps)  # refuse before the run, not after it
     ws = open_workspace(out_dir, recipe.name, LOG_FILE, force=force, echo=True)
     out, book = ws.out, ws.book
@@ -152,8 +150,6 @@ def run(
     paths = write_report(out, rows, recipe=recipe.to_dict(), references=references, tools=tool_versions(), peaks=peak_figures,
                          samples=samples(out, recipe, first, rows), seconds=seconds, deploy=deploy)
     if for_apps is not None:
-        from ..apps import install_for_apps
-
         chosen, reasons = apps_artifacts(rows, first, out)
         install_for_apps(chosen, for_apps, entries[0][1], threads=threads)
         book.log(f"apps: {', '.join(p.name for p in chosen)} -> {for_apps}; the highest val mIoU per backend: {'; '.join(reasons)}")

@@ -31,7 +31,7 @@ from ..evaluate.sweep_report import SCHEMA_VERSION, latency_png, markdown, summa
 from ..fileio import atomic_path, write_text_atomic
 from ..models import list_heads, parse_models
 from ..stages import Stage
-from .common import PEAKS_FILE, check_unique, now, open_workspace, parse_backends, peaks_stage, read_peaks
+from .common import check_unique, now, open_workspace, parse_backends, peaks_stage, read_peaks
 from .latency import LatencyModel, LatencyStages, Timing
 
 REPORT_VERSION = 1
@@ -74,7 +74,7 @@ class SweepConfig:
         from ..models.registry import BACKBONES
 
         object.__setattr__(self, "models", _items(self.models))
-        object.__setattr__(self, "backends", tuple(parse_backends(_items(self.backends) or "")))
+        object.__setattr__(self, "backends", tuple(parse_backends(self.backends)))
         if self.backbone not in BACKBONES:
             raise choices_error("backbone", self.backbone, BACKBONES.names())
         if not self.models:
@@ -182,7 +182,7 @@ def sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True, fo
     paths = {name: out / name for name in ("sweep.json", "sweep.md", "sweep.png")}
     timed = {f"stamp {s.key}": s.key for s in plan if s.key.startswith("time/") or s.key == "runtime-peaks"}
     plan.append(Stage("report", {"v": REPORT_VERSION, "config": config.to_dict()}, list(paths.values()),
-                      lambda: write_report(config, stages, models, paths, out / PEAKS_FILE if config.peaks else None), upstream=timed))
+                      lambda: write_report(config, stages, models, paths), upstream=timed))
     book.total = len(plan)
     with progress_bar(plan, desc="sweep", unit="stage", disable=not progress, dynamic_ncols=True) as bar:
         for stage in bar:
@@ -196,11 +196,10 @@ def sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True, fo
                        stages_reused=book.reused, seconds=seconds, summary=summary, log=ws.lines)
 
 
-def write_report(config: SweepConfig, stages: LatencyStages, models: list[LatencyModel], paths: dict[str, Path],
-                 peaks_path: Path | None) -> None:
+def write_report(config: SweepConfig, stages: LatencyStages, models: list[LatencyModel], paths: dict[str, Path]) -> None:
     from ..evaluate.report import provenance
 
-    peaks = read_peaks(peaks_path.parent) if peaks_path else {}
+    peaks = read_peaks(stages.out) if config.peaks else {}
     rows = stages.rows(models, peaks)
     doc = {
         "schema_version": SCHEMA_VERSION, **provenance(), "command": config.command(),
