@@ -40,7 +40,7 @@ def _write(tmp_path, text):
         ("model:\n  head: big\n", r"unknown model.head 'big'; valid choices: aspp, aspp_nobn"),
         ("model:\n  output_stride: 4\n", r"model.output_stride 4 is not supported; valid choices: 8, 16"),
         ("data:\n  resolution: 100\n", r"data.resolution 100 is not divisible by model.output_stride 16"),
-        ("data:\n  dataset: coco\n", r"unknown data.dataset 'coco'; valid choices: folder, synthetic"),
+        ("data:\n  dataset: coco\n", r"unknown data.dataset 'coco'; valid choices: ade20k, cityscapes, folder, synthetic, voc"),
         ("data:\n  mean: [0.5, 0.5]\n", r"recipe key 'data.mean' must have 3 entries"),
         ("train:\n  optimizer: lbfgs\n", r"unknown train.optimizer 'lbfgs'; valid choices: adamw, sgd"),
         ("- a\n- b\n", r"must be a YAML mapping"),

@@ -21,7 +21,16 @@ import yaml
 from .errors import ConfigError, choices_error
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-DATASETS = ("synthetic", "folder")
+# The synthetic scenes, a VOC-style folder of the user's, and three public datasets as they lie on disk
+# (data/voc.py, data/cityscapes.py, data/ade20k.py: their own layouts, classes and palettes).
+DATASETS = ("synthetic", "folder", "voc", "cityscapes", "ade20k")
+NAMED_DATASETS = ("voc", "cityscapes", "ade20k")
+# How an image becomes `resolution` x `resolution`: `square` resizes the whole image (aspect not kept);
+# `short_side` resizes its short side to `resolution` and crops (train: random, after the scale jitter;
+# eval: the centre), the usual way for wide images such as Cityscapes' 2048x1024.
+RESIZE_MODES = ("square", "short_side")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -33,24 +42,32 @@ class ModelConfig:
     width_mult: float = 1.0
     head_channels: int | None = None
     dropout: float = 0.1  # = models.aspp.DEFAULT_DROPOUT (tests/test_config.py checks they agree)
+    # None (random init), `imagenet` or a torchvision enum member (IMAGENET1K_V2, DEFAULT: published
+    # weights from the torch hub cache, width 1.0 only), or a local classification state dict file.
     backbone_weights: str | None = None
     # A brought model instead of a built-in head (models/brought.py): torchvision:NAME, smp:ARCH or
     # module.path:callable, its factory's keyword arguments, and an optional state dict file.
     # With `source` set, the built-in fields above are not used.
     source: str | None = None
     args: dict[str, Any] = field(default_factory=dict)
-    weights: str | None = None
+    weights: str | None = None  # a state dict file, or for torchvision:NAME a published weights name (DEFAULT, ...)
+    # Published weights of other classes than the data's: load all but the per-class output layers,
+    # which start fresh for the data's classes (models/brought.py).
+    rehead: bool = False
 
     def __post_init__(self) -> None:
         from .models.registry import BACKBONES, DECODERS, HEADS
         from .models import segmenter  # noqa: F401  (fills the registries)
 
         if self.source is not None:
-            from .models.brought import parse_spec
+            from .models.brought import parse_spec, published_name
 
-            parse_spec(self.source)
-        elif self.args or self.weights:
-            raise ConfigError("model.args and model.weights belong to a brought model: set model.source too "
+            spec = parse_spec(self.source)
+            if self.rehead and not published_name(spec, self.weights):
+                raise ConfigError(f"model.rehead applies to published weights by name (torchvision:NAME with model.weights DEFAULT "
+                                  f"or an enum member); model.weights is {self.weights!r}")
+        elif self.args or self.weights or self.rehead:
+            raise ConfigError("model.args, model.weights and model.rehead belong to a brought model: set model.source too "
                               "(torchvision:NAME, smp:ARCH or module.path:callable)")
 
         for kind, registry, value in (("model.head", HEADS, self.head), ("model.backbone", BACKBONES, self.backbone),
@@ -65,12 +82,36 @@ class ModelConfig:
             raise ConfigError(f"model.head_channels {self.head_channels!r} must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout {self.dropout!r} must be in [0, 1)")
+        if self.source is None and self.published_backbone() is not None:
+            from .models.backbones import check_published_width
+
+            check_published_width(self.backbone, self.backbone_weights, self.width_mult, "model.backbone_weights")
+
+    def published_backbone(self):
+        """The torchvision weights enum member `backbone_weights` names, or None (unset, or a file)."""
+        from .models import pretrained
+
+        if self.source is None and pretrained.is_weights_name(self.backbone_weights, self.backbone, imagenet=True):
+            return pretrained.resolve(self.backbone, self.backbone_weights, imagenet=True)
+        return None
+
+    def published_weights(self):
+        """The published weights the model starts from (backbone or brought torchvision model), or None."""
+        if self.source is None:
+            return self.published_backbone()
+        from .models import pretrained
+        from .models.brought import parse_spec, published_name
+
+        spec = parse_spec(self.source)
+        return pretrained.resolve(spec.name, self.weights) if published_name(spec, self.weights) else None
 
 
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"
-    root: str | None = None  # folder dataset: the VOC-style root
+    # folder: the VOC-style root; voc: the folder holding VOCdevkit/VOC2012; cityscapes: the folder
+    # holding leftImg8bit/ and gtFine/; ade20k: ADEChallengeData2016 (or the folder holding it)
+    root: str | None = None
     # Class names, index order. Folder datasets: required. Synthetic: unset means its own 6 classes;
     # set, it names the model's outputs (e.g. VOC's 21 at deploy size, where the logits' size matters
     # for latency) and only the unlabelled calib images may be drawn (data.build_dataset refuses
@@ -80,23 +121,32 @@ class DataConfig:
     train_size: int = 2000  # synthetic dataset: number of train scenes
     val_size: int = 200  # synthetic dataset: number of val scenes
     seed: int = 0
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # Pixel normalisation. Unset: the published weights' own (`weights.transforms()`: ImageNet's mean
+    # and std for every torchvision weights used here), else ImageNet's; Recipe fills them in.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     scale_range: tuple[float, float] = (0.75, 1.25)
     hflip: bool = True
+    resize: str = "square"
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise choices_error("data.dataset", self.dataset, DATASETS)
+        if self.resize not in RESIZE_MODES:
+            raise choices_error("data.resize", self.resize, RESIZE_MODES)
         if self.dataset == "folder" and (not self.root or not self.classes):
             raise ConfigError("data.dataset 'folder' needs data.root and data.classes")
+        if self.dataset in NAMED_DATASETS and not self.root:
+            raise ConfigError(f"data.dataset {self.dataset!r} needs data.root (where the dataset lies on disk)")
+        if self.dataset in NAMED_DATASETS and self.classes is not None:
+            raise ConfigError(f"data.classes is set by data.dataset {self.dataset!r} (its own classes); unset data.classes")
         if self.classes is not None and len(self.classes) < 2:
             raise ConfigError(f"data.classes {list(self.classes)!r} must name at least 2 classes")
         if self.resolution < 1:
             raise ConfigError(f"data.resolution {self.resolution!r} must be >= 1")
         if self.train_size < 1 or self.val_size < 1:
             raise ConfigError(f"data.train_size {self.train_size!r} and data.val_size {self.val_size!r} must be >= 1")
-        if any(s <= 0 for s in self.std):
+        if self.std is not None and any(s <= 0 for s in self.std):
             raise ConfigError(f"data.std {list(self.std)!r} must be > 0")
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
@@ -347,6 +397,16 @@ class Recipe:
     deploy: DeployConfig | None = None  # set: `run` also times the architecture at deploy size
 
     def __post_init__(self) -> None:
+        d = self.data
+        if d.mean is None or d.std is None:  # follow the published weights' transforms, else ImageNet's
+            weights = self.model.published_weights()
+            if weights is not None:
+                from .models.pretrained import normalization
+
+                mean, std = normalization(weights)
+            else:
+                mean, std = IMAGENET_MEAN, IMAGENET_STD
+            object.__setattr__(self, "data", dataclasses.replace(d, mean=d.mean or mean, std=d.std or std))
         if self.model.source is not None:
             return  # a brought model: its own strides; build_brought checks it on the recipe's resolution
         os_ = self.model.output_stride
@@ -365,16 +425,24 @@ class Recipe:
             from .data.synthetic import CLASSES
 
             return CLASSES
+        if self.data.dataset in NAMED_DATASETS:
+            from .data import named_dataset
+
+            return named_dataset(self.data.dataset).CLASSES
         assert self.data.classes is not None
         return self.data.classes
 
     @property
     def class_colors(self) -> tuple[tuple[int, int, int], ...]:
-        """One RGB colour per class, for masks and overlays (synthetic palette, else VOC's)."""
+        """One RGB colour per class, for masks and overlays (synthetic palette, a named dataset's own, else VOC's)."""
         if self.data.dataset == "synthetic" and self.data.classes is None:
             from .data.synthetic import COLORS
 
             return COLORS
+        if self.data.dataset in NAMED_DATASETS:
+            from .data import named_dataset
+
+            return named_dataset(self.data.dataset).COLORS
         from .data.folder import default_colors
 
         return default_colors(self.num_classes)

@@ -35,6 +35,28 @@ class Resize:
         return _resize_pair(image, mask, self.size)
 
 
+class ResizeShortSide:
+    """Resize so that the short side is `size` (aspect kept; the long side rounded)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
+        h, w = image.shape[-2:]
+        scale = self.size / min(h, w)
+        return _resize_pair(image, mask, (max(self.size, round(h * scale)), max(self.size, round(w * scale))))
+
+
+class CenterCrop:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
+        h, w = image.shape[-2:]
+        top, left = (h - self.size) // 2, (w - self.size) // 2
+        return image[:, top:top + self.size, left:left + self.size], mask[top:top + self.size, left:left + self.size]
+
+
 class RandomScaleCrop:
     """Rescale by a random factor in `scale_range`, pad (mask with IGNORE_INDEX) and crop to `size`."""
 
@@ -88,12 +110,20 @@ class Compose:
         return image, mask
 
 
-def train_transforms(resolution: int, mean, std, scale_range, hflip: bool) -> Compose:
-    steps: list = [Resize(resolution), RandomScaleCrop(resolution, scale_range)]
+def _fit(resolution: int, resize: str):
+    """`square`: the whole image to resolution x resolution; `short_side`: the short side to resolution."""
+    return Resize(resolution) if resize == "square" else ResizeShortSide(resolution)
+
+
+def train_transforms(resolution: int, mean, std, scale_range, hflip: bool, *, resize: str = "square") -> Compose:
+    """Fit (see `_fit`), jitter the scale and crop resolution x resolution at random, flip."""
+    steps: list = [_fit(resolution, resize), RandomScaleCrop(resolution, scale_range)]
     if hflip:
         steps.append(RandomHFlip())
     return Compose([*steps, Normalize(mean, std)])
 
 
-def eval_transforms(resolution: int, mean, std) -> Compose:
-    return Compose([Resize(resolution), Normalize(mean, std)])
+def eval_transforms(resolution: int, mean, std, *, resize: str = "square") -> Compose:
+    """Fit (see `_fit`); with `short_side`, the centre resolution x resolution crop is what is evaluated."""
+    steps: list = [_fit(resolution, resize)] + ([CenterCrop(resolution)] if resize == "short_side" else [])
+    return Compose([*steps, Normalize(mean, std)])

@@ -310,6 +310,18 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def data_line(recipe: dict[str, Any]) -> str:
+    """`Data: voc (21 classes: background, aeroplane, ... tvmonitor), 512x512 (resize square).`"""
+    from ..config import Recipe
+
+    r = Recipe.from_dict(recipe)
+    d, names = r.data, r.class_names
+    shown = ", ".join(names) if len(names) <= 24 else ", ".join(names[:20]) + f", ... {names[-1]}"
+    where = f" at `{d.root}`" if d.root else ""
+    return (f"Data: `{d.dataset}`{where}, {len(names)} classes ({shown}); {d.resolution}x{d.resolution} "
+            f"(resize {d.resize}), normalised with mean {list(d.mean)} and std {list(d.std)}.")
+
+
 def markdown(report: dict[str, Any]) -> str:
     rows, refs, m = report["artifacts"], report["references"], report["machine"]
     heads = list(dict.fromkeys(r["head"] for r in rows)) or list(refs)
@@ -326,6 +338,12 @@ def markdown(report: dict[str, Any]) -> str:
     if notes:
         lines += [f"**Agreement and mIoU drop are uninformative {UNINFORMATIVE}** for " + " ".join(notes)]
     described = [(h, refs[h]["model"]) for h in heads if h in refs and refs[h].get("model")]
+    lines.append(data_line(report["recipe"]))
+    started = [(h, m["pretrained"]) for h, m in described if m.get("pretrained")]
+    if started:
+        from ..formats.manifest import describe_pretrained
+
+        lines.append("Started from: " + "; ".join(f"`{h}`: {describe_pretrained(p)}" for h, p in started) + ".")
     if any("source" in m for _, m in described):  # brought models beside ours: say what each one is
         from ..formats.manifest import describe_model_section
 

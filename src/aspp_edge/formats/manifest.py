@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # formats sit below the recipe: export and runtime both read 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 SCHEMA_VERSION = 1
 # The `model` section: a built-in head's fields, or a brought model's (models/brought.py).
-MODEL_FIELDS = ("head", "backbone", "decoder", "output_stride", "num_classes", "width_mult", "source", "args", "params", "gmacs")
+MODEL_FIELDS = ("head", "backbone", "decoder", "output_stride", "num_classes", "width_mult", "source", "args", "params", "gmacs",
+                "pretrained")
 TOOL_DISTRIBUTIONS = ("aspp-edge", "torch", "torchao", "executorch", "coremltools", "litert-torch", "ai-edge-litert", "mediapipe")
 
 
@@ -104,7 +105,8 @@ def build_manifest(
         "reference_normalization": {k: v for k, v in normalization(recipe).items() if k != "applied_by"},
         "labels": list(recipe.class_names),
         "colors": [list(c) for c in recipe.class_colors],
-        "source": {"recipe": recipe.name, "checkpoint_sha256": checkpoint_sha256, "quantized_program": quantized_program},
+        "source": {"recipe": recipe.name, "dataset": recipe.data.dataset, "checkpoint_sha256": checkpoint_sha256,
+                   "quantized_program": quantized_program},
         "tools": tool_versions(),
         "backend_info": backend_info,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -120,14 +122,24 @@ def model_name(section: dict[str, Any]) -> str:
     return section.get("head") or section["source"]
 
 
+def describe_pretrained(start: dict[str, Any] | None) -> str:
+    """`MobileNet_V2_Weights.IMAGENET1K_V2 (mobilenet_v2-7ebf99e0.pth, sha256 0123abcd...) for the backbone`, or `random init`."""
+    if not start:
+        return "random init"
+    digest = f"sha256 {start['sha256'][:12]}..." if start.get("sha256") else "file no longer present"
+    name = f"{start['weights']} ({start['file']}, {digest})" if start.get("weights") else f"{start['file']} ({digest})"
+    return f"{name} for the {start['part']}"
+
+
 def describe_model_section(section: dict[str, Any]) -> str:
     """One line for a manifest's `model` section."""
+    start = f", started from {describe_pretrained(section['pretrained'])}" if section.get("pretrained") else ""
     if "source" in section:
         args = ", ".join(f"{k}={v!r}" for k, v in section["args"].items())
         return (f"{section['source']}({args}), {section['num_classes']} classes, {section['params'] / 1e6:.3g} M params, "
-                f"{section['gmacs']:.3g} GMACs")
+                f"{section['gmacs']:.3g} GMACs{start}")
     return (f"{section['head']} on {section['backbone']}, {section['decoder']}, OS{section['output_stride']}, "
-            f"{section['num_classes']} classes")
+            f"{section['num_classes']} classes{start}")
 
 
 def validate_manifest(manifest: dict[str, Any], where: str | Path = "manifest") -> None:

@@ -1,7 +1,9 @@
 """Mobile backbones from torchvision's definitions, dilated to output stride 8 or 16.
 
-No weights are downloaded: a backbone starts from random init or from a local torchvision
-classification state dict (`weights=PATH`). Each backbone returns three named feature taps:
+A backbone starts from random init, from torchvision's published ImageNet weights by name
+(`weights="imagenet"` or an enum member such as `IMAGENET1K_V2`, read from the torch hub cache by
+`models/pretrained.py`; width 1.0 only), or from a local torchvision classification state dict
+(`weights=PATH`). Each backbone returns three named feature taps:
 
     low  - last block at stride 4 (the DeepLabV3+ skip)
     mid  - last block at stride 8 (the LR-ASPP skip)
@@ -99,11 +101,8 @@ class Backbone(nn.Module):
         return found
 
 
-def _load_local_weights(features: nn.Sequential, path: str | Path) -> None:
-    """Load a torchvision classification checkpoint's `features.*` entries (weights_only)."""
+def _read_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"backbone weights {str(path)!r} not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a bad file
@@ -112,19 +111,48 @@ def _load_local_weights(features: nn.Sequential, path: str | Path) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise CheckpointError(f"backbone weights {str(path)!r} hold no state dict")
+    return state
+
+
+def _load_features(features: nn.Sequential, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load a torchvision classification state dict's `features.*` entries, every tensor checked."""
     prefix = "features."
     own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     expected = features.state_dict()
     missing = sorted(set(expected) - set(own))
     if missing:
-        raise CheckpointError(f"backbone weights {str(path)!r} lack {len(missing)} tensors, e.g. features.{missing[0]}")
+        raise CheckpointError(f"backbone weights {where} lack {len(missing)} tensors, e.g. features.{missing[0]} "
+                              "(another architecture's file?)")
     for key, ref in expected.items():
         if own[key].shape != ref.shape:
             raise CheckpointError(
-                f"backbone weights {str(path)!r}: features.{key} has shape {tuple(own[key].shape)}, "
-                f"this backbone needs {tuple(ref.shape)} (width_mult differs?)"
+                f"backbone weights {where}: features.{key} has shape {tuple(own[key].shape)}, "
+                f"this backbone needs {tuple(ref.shape)} (width_mult or architecture differs?)"
             )
     features.load_state_dict({k: own[k] for k in expected})
+
+
+def load_backbone_weights(features: nn.Sequential, builder: str, weights: str, width_mult: float) -> None:
+    """`weights`: a published weights name of torchvision's `builder` (see `models/pretrained.py`) or a file."""
+    from . import pretrained
+
+    if pretrained.is_weights_name(weights, builder, imagenet=True):
+        w = pretrained.resolve(builder, weights, imagenet=True)
+        check_published_width(builder, weights, width_mult)
+        state, _ = pretrained.load_published(w, f"backbone {builder}")
+        _load_features(features, state, f"{pretrained.label(w)} ({str(pretrained.hub_file(w))!r})")
+        return
+    if not Path(weights).is_file():
+        raise CheckpointError(f"backbone weights {weights!r} are neither a file nor a weights name of {builder}; valid names: "
+                              + ", ".join(pretrained.weight_names(builder, imagenet=True)))
+    _load_features(features, _read_file(weights), repr(str(weights)))
+
+
+def check_published_width(builder: str, name: str, width_mult: float, key: str = "backbone weights") -> None:
+    """Published ImageNet weights exist for width 1.0 only."""
+    if width_mult != 1.0:
+        raise ConfigError(f"{key} {name!r} ({builder}'s published ImageNet weights) fit width_mult 1.0 only, "
+                          f"not {width_mult!r}: set model.width_mult 1.0, or train from random weights (backbone_weights unset)")
 
 
 @register_backbone("mobilenet_v2")
@@ -133,7 +161,7 @@ def mobilenet_v2(*, output_stride: int = 16, width_mult: float = 1.0, weights: s
     # as TF DeepLab's MobileNetV2 does.
     features = MobileNetV2(width_mult=width_mult).features
     if weights:
-        _load_local_weights(features, weights)
+        load_backbone_weights(features, "mobilenet_v2", weights, width_mult)
     return Backbone(features[:-1], output_stride)
 
 
@@ -143,5 +171,5 @@ def mobilenet_v3_large(*, output_stride: int = 16, width_mult: float = 1.0, weig
     setting, last_channel = _mobilenet_v3_conf("mobilenet_v3_large", width_mult=width_mult)
     features = MobileNetV3(setting, last_channel).features
     if weights:
-        _load_local_weights(features, weights)
+        load_backbone_weights(features, "mobilenet_v3_large", weights, width_mult)
     return Backbone(features, output_stride)

@@ -3,8 +3,9 @@
 A model spec names where the model comes from:
 
     torchvision:NAME       a builder of `torchvision.models.segmentation` (e.g. lraspp_mobilenet_v3_large),
-                           called with weights=None, weights_backbone=None, num_classes=<from the data>:
-                           nothing is downloaded
+                           called with weights=None, weights_backbone=None, num_classes=<from the data>;
+                           its published weights load by name (`weights: DEFAULT` or an enum member,
+                           from the torch hub cache, models/pretrained.py)
     smp:ARCH               a segmentation_models_pytorch architecture (e.g. DeepLabV3Plus), called with
                            classes=<from the data> and encoder_weights=None unless the arguments say
                            otherwise (the optional extra: pip install 'aspp-edge[smp]')
@@ -14,7 +15,14 @@ A model spec names where the model comes from:
 
 plus keyword arguments for the factory (`model.args` in a recipe, `--model-arg KEY=VALUE` on the
 command line) and, optionally, a state dict (`model.weights`, `--weights FILE`, loaded with
-`weights_only=True`).
+`weights_only=True`) or, for torchvision:NAME, a published weights name (`--weights DEFAULT`).
+
+Published weights predict their own classes (`meta["categories"]`: 21 for the COCO-with-VOC-labels
+models): the data must have that many classes, or the recipe re-heads the model (`model.rehead:
+true`): every tensor is loaded except the per-class output layers (LR-ASPP's low/high classifiers,
+DeepLabV3's last classifier conv), which start from torchvision's init for the data's classes and
+are learned by fine-tuning. torchvision's auxiliary classifier (aux_classifier.*) is not built here
+and its tensors are left out.
 
 The pipeline needs from a model: image N x 3 x H x W in, logits out, traceable by `torch.export`
 (no data-dependent Python control flow). `BroughtModel` adapts the output once, so every stage and
@@ -220,6 +228,10 @@ class BroughtModel(nn.Module):
 
 def load_weights(model: nn.Module, path: str | Path, source: str) -> None:
     """Load a state dict (weights_only=True) into the brought model; keys that do not match are named."""
+    _load_state(model, _read_state(path, source), repr(str(path)), source)
+
+
+def _read_state(path: str | Path, source: str) -> Mapping[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights {str(path)!r} for {source} not found")
@@ -235,6 +247,10 @@ def load_weights(model: nn.Module, path: str | Path, source: str) -> None:
             state = {k[len("model."):]: v for k, v in state.items()}  # the wrapper's keys (aspp-edge float.pt)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"weights {str(path)!r} for {source} hold no state dict (name -> tensor)")
+    return state
+
+
+def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], where: str, source: str) -> None:
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     shapes = [k for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
@@ -247,8 +263,44 @@ def load_weights(model: nn.Module, path: str | Path, source: str) -> None:
         k = shapes[0]
         problems.append(f"{len(shapes)} shape mismatches (first {k!r}: file {_shape(state[k])}, model {_shape(own[k])})")
     if problems:
-        raise CheckpointError(f"weights {str(path)!r} do not fit {source}: " + "; ".join(problems))
+        raise CheckpointError(f"weights {where} do not fit {source}: " + "; ".join(problems))
     model.load_state_dict(state)
+
+
+def load_published_weights(model: nn.Module, spec: ModelSpec, name: str, num_classes: int, *, rehead: bool) -> None:
+    """torchvision's published weights `name` for `spec` into `model` (built for `num_classes`); with
+    `rehead`, the per-class output layers keep their fresh init (see the module docstring)."""
+    from . import pretrained
+
+    w = pretrained.resolve(spec.name, name)
+    categories = list(w.meta.get("categories") or [])
+    n = len(categories)
+    if n and n != num_classes and not rehead:
+        raise ConfigError(f"weights {pretrained.label(w)} predict {n} classes ({', '.join(categories[:3])}, ...) but the data has "
+                          f"{num_classes}: set model.rehead: true to fine-tune to the data's classes (the per-class output layers "
+                          "start fresh), or use data with those classes (e.g. data.dataset voc)")
+    if rehead and n == num_classes:
+        raise ConfigError(f"model.rehead: the data has as many classes as weights {pretrained.label(w)} ({n}), so no output "
+                          "layer changes shape; unset model.rehead to keep the weights' classifier")
+    state, _ = pretrained.load_published(w, spec.text)
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not (k.startswith("aux_classifier.") and k not in own)}
+    if rehead:
+        fresh = pretrained.class_layers(state, own, n, num_classes)
+        if not fresh:
+            raise CheckpointError(f"weights {pretrained.label(w)}: found no per-class output layer of {n} classes to re-head "
+                                  f"in {spec.text}")
+        state = {**state, **{k: own[k] for k in fresh}}
+    _load_state(model, state, f"{pretrained.label(w)} ({str(pretrained.hub_file(w))!r})", spec.text)
+
+
+def published_name(spec: ModelSpec, weights: str | Path | None) -> bool:
+    """Whether `weights` names torchvision's published weights of `spec` rather than a file."""
+    if spec.kind != "torchvision" or not isinstance(weights, str):
+        return False
+    from . import pretrained
+
+    return pretrained.is_weights_name(weights, spec.name)
 
 
 def build_brought(
@@ -258,10 +310,12 @@ def build_brought(
     num_classes: int,
     input_size: int | tuple[int, int],
     weights: str | Path | None = None,
+    rehead: bool = False,
     check: bool = True,
 ) -> BroughtModel:
     """Build the model `source` names (see the module docstring), adapt its output, optionally load
-    `weights`, and check the adapted output on one image of `input_size`."""
+    `weights` (a file, or for torchvision:NAME a published weights name), and check the adapted output
+    on one image of `input_size`."""
     spec = parse_spec(source)
     args = dict(args or {})
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
@@ -274,7 +328,17 @@ def build_brought(
         raise ConfigError(f"model source {source!r} with arguments {args!r} failed to build: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model source {source!r} returned {type(model).__name__}, not a torch.nn.Module")
-    if weights is not None:
+    if spec.kind == "torchvision" and published_name(spec, weights):
+        load_published_weights(model, spec, str(weights), num_classes, rehead=rehead)
+    elif rehead:
+        raise ConfigError(f"model.rehead applies to published weights by name (torchvision:NAME with model.weights DEFAULT or an "
+                          f"enum member); {source} has weights {weights!r}")
+    elif weights is not None:
+        if spec.kind == "torchvision" and not Path(weights).is_file():
+            from .pretrained import weight_names
+
+            raise CheckpointError(f"weights {str(weights)!r} for {source} are neither a file nor a published weights name; "
+                                  f"valid names: {', '.join(weight_names(spec.name))}")
         load_weights(model, weights, source)
     wrapped = BroughtModel(model, source=source, args=args, num_classes=num_classes, input_size=size)
     if check:

@@ -67,10 +67,11 @@ class AccuracyStages:
         ckpt, ref_json = hdir / "float" / FINAL, hdir / "reference.json"
         float_key = f"{head}/float"
         float_inputs = {"v": STAGE_VERSIONS["float"], **{k: conf[k] for k in ("model", "data", "train")}}
-        if recipe.model.weights:  # a brought model's state dict: its content, not only its path
-            from ..fileio import sha256_file
+        from ..models.factory import starting_weights
 
-            float_inputs["weights_sha256"] = sha256_file(recipe.model.weights)
+        start = starting_weights(recipe.model)  # the starting weights' content, not only their name or path
+        if start:
+            float_inputs["weights_sha256"] = start["sha256"]
         stages = [
             Stage(float_key, float_inputs, [ckpt], lambda resume: self.train(recipe, hdir / "float", resume=resume), resumable=True),
             Stage(f"{head}/reference", {"v": STAGE_VERSIONS["reference"], "data": conf["data"], "device": device},
