@@ -52,7 +52,7 @@ def test_bad_recipes(tmp_path, text, match):
 
 
 def test_unknown_recipe_name():
-    with pytest.raises(ConfigError, match=r"recipe 'nope' is neither a built-in recipe nor a file; built-in recipes: default, quick"):
+    with pytest.raises(ConfigError, match=r"recipe 'nope' is neither a built-in recipe nor a file; built-in recipes: cityscapes, default, quick, voc"):
         load_recipe("nope")
 
 
