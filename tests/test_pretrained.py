@@ -166,3 +166,19 @@ def test_deeplabv3_default_weights_drop_the_aux_classifier(hub):
     own = model.model.state_dict()
     assert not any(k.startswith("aux_classifier.") for k in own) and all(torch.equal(v, state[k]) for k, v in own.items())
     assert issubclass(CheckpointError, AsppEdgeError)
+
+
+def test_the_manifest_schema_takes_the_record_and_refuses_a_malformed_one(hub):
+    import jsonschema
+
+    from aspp_edge.formats.manifest import schema
+
+    place("mobilenet_v2", "IMAGENET1K_V2", torchvision.models.mobilenet_v2())
+    recipe = load_recipe("quick").replace(model={"width_mult": 1.0, "backbone_weights": "imagenet"})
+    model_schema = {**schema()["properties"]["model"], "$defs": schema().get("$defs", {})}
+    section = describe_model(recipe)
+    jsonschema.validate(section, model_schema)
+    for bad in ({**section["pretrained"], "part": "head"}, {k: v for k, v in section["pretrained"].items() if k != "sha256"},
+                {**section["pretrained"], "sha256": "abc"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**section, "pretrained": bad}, model_schema)
