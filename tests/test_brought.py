@@ -214,7 +214,7 @@ def test_epochs_zero_keeps_the_given_weights(tmp_path):
 def test_recipe_model_section_round_trips_and_rejects_strays():
     r = load_recipe("quick").replace(model={"source": "smp:DeepLabV3Plus", "args": {"encoder_name": "mobilenet_v2", "encoder_weights": None}})
     assert Recipe.from_dict(json.loads(r.to_json())) == r
-    with pytest.raises(ConfigError, match="model.args and model.weights belong to a brought model"):
+    with pytest.raises(ConfigError, match="model.args, model.weights and model.rehead belong to a brought model"):
         load_recipe("quick").replace(model={"args": {"x": 1}})
     with pytest.raises(ConfigError, match="recipe key 'model.args' must be a mapping"):
         load_recipe("quick").replace(model={"source": "smp:Unet", "args": [1]})
