@@ -19,7 +19,9 @@ TINY = dict(num_classes=4, width_mult=0.25, head_channels=16, input_size=64)
 # the same code path, and QAT's prepare alone costs ~40 s, which tests/test_quantize.py runs). It
 # starts in the background as soon as a worker's session begins, so the workers go on with other
 # tests meanwhile instead of one of them idling on a lock while the other runs it.
-QUICK_RUN_ARGS = ["run", "--recipe", "quick", "--methods", "ptq", "--runs", "3", "--no-peaks"]
+# No per-layer numerics stages: the .pte's per-operator debug copy alone costs ~45 s; tests/test_numerics.py
+# adds them to a copy of the run for the backends it checks.
+QUICK_RUN_ARGS = ["run", "--recipe", "quick", "--methods", "ptq", "--runs", "3", "--no-peaks", "--numerics-images", "0"]
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -140,7 +140,7 @@ def test_run_for_apps_installs_the_best_int8_artifact_of_each_backend(quick_run,
     out = tmp_path / "run"
     shutil.copytree(quick_run, out)
     root = app_copy(tmp_path)
-    summary = run(load_recipe("quick"), out, methods="ptq", runs=3, peaks=False, progress=False, for_apps=root)
+    summary = run(load_recipe("quick"), out, methods="ptq", runs=3, peaks=False, progress=False, numerics_images=0, for_apps=root)
     assert summary.stages_run == 0 and any(line.startswith("apps: ") for line in summary.log)
     listed = json.loads((root / "android/app/src/main/assets" / INDEX).read_text())
     assert {e["source_artifact"] for e in listed["artifacts"].values()} == {"quick_sep_aspp_ptq_executorch_int8.pte",

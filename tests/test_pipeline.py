@@ -24,7 +24,7 @@ HEAD = "sep_aspp"
 EXPECTED = {
     f"quick_{HEAD}_{b}_{p}.{ext}" for b, p, ext in (("executorch", "fp32", "pte"), ("tflite", "fp32", "tflite"), ("coreml", "fp16", "mlpackage"))
 } | {f"quick_{HEAD}_ptq_{b}_int8.{ext}" for b, ext in (("executorch", "pte"), ("tflite", "tflite"), ("coreml", "mlpackage"))}
-RUN_ARGS = dict(methods="ptq", runs=3, peaks=False, progress=False)  # what the fixture's CLI call used
+RUN_ARGS = dict(methods="ptq", runs=3, peaks=False, progress=False, numerics_images=0)  # what the fixture's CLI call used
 
 
 def report(out: Path) -> dict:

@@ -189,7 +189,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     s = run(load_recipe(args.recipe), args.out, heads=args.heads, models=_model_entries(args) or None, backends=args.backends,
             methods=args.methods, threads=args.threads,
-            runs=args.runs, peaks=not args.no_peaks, force=args.force, for_apps=args.for_apps, fp16=args.fp16)
+            runs=args.runs, peaks=not args.no_peaks, force=args.force, for_apps=args.for_apps, fp16=args.fp16,
+            numerics_images=args.numerics_images)
     print(f"\nsummary: recipe {s.recipe}, float reference on {s.device}; "
           f"{s.stages_run} stages ran, {s.stages_reused} reused, {s.seconds:.0f} s")
     for head, ref in s.references.items():
@@ -241,6 +242,24 @@ def _cmd_eval(args: argparse.Namespace) -> None:
               f"{100 * spread['majority_share']:.1f}% of val pixels")
         if spread["note"]:
             print(f"* uninformative: {spread['note']}.")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from .config import load_recipe
+    from .evaluate import numerics
+
+    results = numerics.compare(args.artifacts, program=args.program, checkpoint=args.checkpoint,
+                               recipe=load_recipe(args.recipe) if args.recipe else None, images=args.images)
+    print(numerics.table(results, top=args.top))
+    print()
+    for line in numerics.summary_lines(results):
+        print(line)
+    for r in results:
+        for note in r.notes:
+            print(f"  {r.artifact.rsplit('/', 1)[-1]}: {note}")
+    if args.json:
+        numerics.write_json(results, args.json)
+        print(f"json: {args.json}")
 
 
 def _cmd_bench_device(args: argparse.Namespace) -> None:
@@ -411,6 +430,8 @@ def _add_run(sub, fmt) -> None:
                    help="install the best int8 artifact per backend into the demo apps under DIR (mobile_demo)")
     p.add_argument("--fp16", action="store_true",
                    help="also an fp16 artifact where a backend offers it beside another float default (tflite, executorch-vulkan)")
+    p.add_argument("--numerics-images", type=int, default=8,
+                   help="val images of each int8 artifact's per-layer comparison with its program (aspp-edge compare); 0: none")
     _model_options(p, several=True)
     p.set_defaults(func=_cmd_run)
 
@@ -446,6 +467,20 @@ def _add_eval(sub, fmt) -> None:
     p.add_argument("--reference", default=None, help="float checkpoint (default: the run's float.pt matching the manifest's sha256)")
     _threads_option(p)
     p.set_defaults(func=_cmd_eval)
+
+
+def _add_compare(sub, fmt) -> None:
+    p = sub.add_parser("compare", help="per-layer numerics of artifacts against their int8 program and the float model",
+                       formatter_class=fmt)
+    p.add_argument("artifacts", nargs="+", help=".pte, .tflite or .mlpackage files (with their manifests)")
+    p.add_argument("--program", default=None, help="int8 program X_int8.pt2 to compare int8 artifacts against "
+                   "(default: the one their manifest names, found beside them or in ../quant/)")
+    p.add_argument("--checkpoint", default=None, help="float checkpoint (default: the run's float.pt matching the manifest's sha256)")
+    p.add_argument("--recipe", default=None, help="recipe whose val images to use (default: the one stored in the checkpoint)")
+    p.add_argument("--images", type=int, default=8, help="val images to run")
+    p.add_argument("--top", type=int, default=None, help="print only the N worst layers")
+    p.add_argument("--json", default=None, help="also write every layer's figures to this JSON file")
+    p.set_defaults(func=_cmd_compare)
 
 
 def _add_bench(sub, fmt) -> None:
@@ -508,6 +543,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _add_run(sub, fmt)
     _add_sweep(sub, fmt)
     _add_eval(sub, fmt)
+    _add_compare(sub, fmt)
     _add_bench(sub, fmt)
     _add_bench_device(sub, fmt)
     _add_demo(sub, fmt)

@@ -364,6 +364,7 @@ def markdown(report: dict[str, Any]) -> str:
     cross = cross_backend_table(rows, with_head=len(heads) > 1)
     if cross:
         lines += ["## int8 artifacts of one program, backend against backend (argmax agreement on the val split)", ""] + cross + [""]
+    lines += numerics_section(rows, with_head=len(heads) > 1)
     if report["runtime_peaks"]:
         lines += ["## Runtime throughput reference (four 256->256 1x1 convolutions at 64x64)", "",
                   "| runtime | GMAC/s | median ms | threads |", "|---|---|---|---|"]
@@ -386,6 +387,27 @@ def markdown(report: dict[str, Any]) -> str:
         lines += per_model_table(deploy) + [""] + rows_table(deploy["rows"]) + [""]
     lines += ["## Verdict", ""] + verdict(rows, deploy) + [""]
     return "\n".join(lines)
+
+
+def numerics_section(rows: list[dict[str, Any]], *, with_head: bool) -> list[str]:
+    """Where each int8 artifact drifts from its program, layer by layer (the run's numerics stages)."""
+    found = [r for r in rows if r.get("numerics")]
+    if not found:
+        return []
+    lines = ["## Where each int8 artifact leaves its program (per-layer numerics, `aspp-edge compare`)", "",
+             "Each layer's output in the artifact's own runtime against the int8 PyTorch program, on val images "
+             "(`evaluate/numerics.py` says how tensors are matched and when an artifact *leaves* its program: a fall of more "
+             "than 10 dB at one layer, to within 10 dB of the program's own quantization error).", "",
+             "| artifact | worst layer (dB vs program) | leaves its program at | output dB vs program | layers matched | matched by |",
+             "|---|---|---|---|---|---|"]
+    for r in found:
+        n = r["numerics"]
+        worst = f"{n['worst_layer']} ({n['worst_sqnr_db']:.1f})" if n["worst_layer"] else "-"
+        matched = f"{n['layers']}" + (f" ({n['unmatched']} not found)" if n["unmatched"] else "")
+        out_db = n["output_sqnr_vs_program_db"]
+        out_db = out_db if isinstance(out_db, str) else f"{out_db:.1f}"
+        lines.append(f"| {label(r, with_head)} | {worst} | {n['leaves_at'] or 'nowhere'} | {out_db} | {matched} | {n['matched_by']} |")
+    return lines + [""]
 
 
 def pareto_png(rows: list[dict[str, Any]], references: dict[str, dict[str, Any]], path: Path) -> None:

@@ -92,6 +92,41 @@ def to_pte(module: torch.nn.Module, example: torch.Tensor, partitioner=None, del
     return edge.to_executorch().buffer, info
 
 
+DEBUG_PTE, DEBUG_ETRECORD, DEBUG_SOURCE = "debug.pte", "debug.etrecord", "source.json"
+
+
+def debug_copy(module: torch.nn.Module, example: torch.Tensor, folder: Path, *, source: Path,
+               precision: str = "int8") -> tuple[Path, Path]:
+    """The per-operator debug copy of a `.pte`: the same program (the int8 one folded, as `write`
+    lowers it) through XNNPACK's partitioner in per-operator mode, so every op is its own delegate
+    call (the same kernels) whose output ETDump's debug buffer records, and its ETRecord (the map
+    from each call back to the graph and the module that ran it). Written to `folder` once per
+    shipped `source` file (its sha256 is recorded) and reused while it matches; returns the two paths."""
+    import json
+
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from ..fileio import atomic_path, sha256_file, write_text_atomic
+    from .common import shared_provenance
+
+    pte, etrecord, stamp = folder / DEBUG_PTE, folder / DEBUG_ETRECORD, folder / DEBUG_SOURCE
+    want = {"source": source.name, "sha256": sha256_file(source)}
+    if pte.is_file() and etrecord.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == want:
+        return pte, etrecord
+    folder.mkdir(parents=True, exist_ok=True)
+    with shared_provenance():
+        program = torch.export.export(folded(module) if precision == "int8" else module, (example,))
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner(per_op_mode=True)],
+                                              generate_etrecord=True).to_executorch()
+    with atomic_path(pte) as tmp:
+        tmp.write_bytes(lowered.buffer)
+    with atomic_path(etrecord) as tmp:
+        lowered.get_etrecord().save(str(tmp))
+    write_text_atomic(stamp, json.dumps(want))
+    return pte, etrecord
+
+
 def read_pte(path: str | Path):
     """The deserialized program of a .pte file, or an error naming the file and the format."""
     from executorch.exir._serialize._program import deserialize_pte_binary

@@ -28,7 +28,7 @@ from ..stages import Stage
 from .common import add_peak_fraction, read_peaks
 
 # Bump when a stage's code changes what it writes, so old outputs are not reused.
-STAGE_VERSIONS = {"float": 1, "quantize": 2, "export": 1, "eval": 4, "reference": 2}
+STAGE_VERSIONS = {"float": 1, "quantize": 2, "export": 1, "eval": 4, "reference": 2, "numerics": 1}
 
 
 def mixed_settings(recipe: Recipe) -> dict[str, Any]:
@@ -54,6 +54,7 @@ class AccuracyStages:
     runs: int
     warmup: int
     progress: bool
+    numerics_images: int = 8  # val images `compare` runs per int8 artifact (0: no numerics stages)
     results: list[Path] = field(default_factory=list)  # every eval stage's result, in plan order
     _references: dict[Path, Any] = field(default_factory=dict)
     _float_sources: dict[Path, Any] = field(default_factory=dict)
@@ -112,7 +113,22 @@ class AccuracyStages:
                           lambda a=artifact, r=result, m=method: self.measure(head, recipe, a, r, ref_json, method=m),
                           upstream={"artifact": export_key, "float": float_key}),
                 ]
+                if prec == "int8" and self.numerics_images > 0 and backend in NUMERICS_BACKENDS:
+                    found = numerics_path(hdir, filename)
+                    stages.append(Stage(f"{head}/numerics/{filename}", {"v": STAGE_VERSIONS["numerics"], "data": conf["data"],
+                                                                         "images": self.numerics_images}, [found],
+                                        lambda a=artifact, f=found, m=method: self.numerics(recipe, a, programs[m], ckpt, f),
+                                        upstream={"artifact": export_key, "program": source_key, "float": float_key}))
         return stages
+
+    def numerics(self, recipe: Recipe, artifact: Path, program: Path, ckpt: Path, path: Path) -> None:
+        """Per-layer numerics of one int8 artifact against its program and the float model (`aspp-edge compare`)."""
+        from ..evaluate.numerics import compare
+
+        (result,) = compare([artifact], program=program, checkpoint=ckpt, recipe=recipe, images=self.numerics_images, progress=False,
+                            debug_dir=path.parent)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(result.to_dict(), indent=1))
 
     def train(self, recipe: Recipe, out: Path, *, resume: bool) -> None:
         from ..train import train
@@ -226,6 +242,25 @@ def samples(out: Path, recipe: Recipe, head: str, rows: list[dict[str, Any]]) ->
             "rows": sample_rows}
 
 
+NUMERICS_BACKENDS = ("executorch", "tflite", "coreml")  # the backends whose intermediate tensors `compare` reads
+
+
+def numerics_path(model_dir: Path, artifact_name: str) -> Path:
+    return model_dir / "numerics" / f"{artifact_name}.json"
+
+
+def numerics_summary(out: Path, row: dict[str, Any]) -> dict[str, Any] | None:
+    """An int8 row's per-layer summary from its numerics stage: worst layer, where it leaves its program."""
+    path = numerics_path(out / row["head"], Path(row["path"]).name)
+    if row.get("precision") != "int8" or not path.is_file():
+        return None
+    found = json.loads(path.read_text())
+    worst = found["worst"] or {}
+    return {"worst_layer": worst.get("layer"), "worst_sqnr_db": worst.get("sqnr_vs_program"), "leaves_at": found["leaves_at"],
+            "output_sqnr_vs_program_db": found["output_sqnr_vs_program"], "matched_by": found["matched_by"],
+            "layers": len(found["rows"]), "unmatched": len(found["unmatched"])}
+
+
 def _device() -> str:
     from ..evaluate.accuracy import reference_device
 
@@ -236,6 +271,9 @@ def collect(out: Path, keys: list[str], results: list[Path], *, peaks: bool):
     """(rows, references, peak figures) of a finished plan: the eval stages' rows with their
     cross-backend agreement and fraction of the runtime's peak throughput added."""
     rows = [json.loads(p.read_text()) for p in results]
+    for row in rows:
+        if (found := numerics_summary(out, row)) is not None:
+            row["numerics"] = found
     references = {key: json.loads((out / key / "reference.json").read_text()) for key in keys}
     cross_backend(rows, out)
     peak_figures = read_peaks(out) if peaks else None

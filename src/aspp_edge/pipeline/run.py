@@ -119,13 +119,15 @@ def run(
     progress: bool = True,
     for_apps: str | Path | None = None,
     fp16: bool = False,
+    numerics_images: int = 8,
 ) -> RunSummary:
     """Every stage for each model asked for (`heads`: built-in heads, 'all' for the ablation; `models`:
     brought models), into one report. Neither given: the recipe's own model. `methods`: ptq, qat
     (the default, 'all') and the opt-in `mixed` (PTQ with float layers, beside full-int8 ptq;
     `mixed_settings`). `fp16`: also an fp16 artifact from each backend that offers fp16 beside
     another float default (tflite, executorch-vulkan). A recipe with `deploy:` also times each
-    model's architecture at the deploy size (`latency.deploy_plan`), reported apart."""
+    model's architecture at the deploy size (`latency.deploy_plan`), reported apart. `numerics_images`:
+    val images each int8 artifact's per-layer comparison with its program runs (`evaluate.numerics`; 0: none)."""
     started = time.perf_counter()
     entries = plan_models(recipe, heads, models)
     backends = parse_backends(backends)  # 'all' and the default: the registry's default set; opt-in backends are named
@@ -136,7 +138,9 @@ def run(
     out, book = ws.out, ws.book
     book.log(f"== run {now()} recipe {recipe.name}: heads {','.join(k for k, _ in entries)}; "
              f"backends {','.join(backends)}; methods {','.join(methods)}")
-    accuracy = AccuracyStages(out=out, threads=threads, runs=runs, warmup=warmup, progress=progress)
+    if numerics_images < 0:
+        raise ConfigError(f"--numerics-images must be 0 (no per-layer comparison) or more; got {numerics_images}")
+    accuracy = AccuracyStages(out=out, threads=threads, runs=runs, warmup=warmup, progress=progress, numerics_images=numerics_images)
     deploy_stages, deploy_collect = deploy_plan(entries, backends, out, threads=threads) if recipe.deploy is not None else ([], None)
     book.run_plan(plan(entries, backends, methods, accuracy, peaks=peaks, fp16=fp16, deploy=deploy_stages))
 

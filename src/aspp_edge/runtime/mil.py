@@ -424,8 +424,9 @@ class MILProgram:
             raise MILError(f"image color space {space} is not supported; valid choices: BGR, GRAYSCALE, RGB")
         return np.ascontiguousarray(chw[None], dtype=np.float32)
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Execute `main`. Image inputs take (H, W, 3) uint8 RGB pixels; tensor inputs their declared shape."""
+    def run(self, feeds: Mapping[str, np.ndarray], *, keep: bool = False) -> dict[str, np.ndarray]:
+        """Execute `main`. Image inputs take (H, W, 3) uint8 RGB pixels; tensor inputs their declared shape.
+        Returns the outputs, or with `keep=True` every value the program computed, by name (per-layer numerics)."""
         missing = sorted(set(self.inputs) - set(feeds))
         if missing:
             raise MILError(f"{self.path.name} needs input(s) {', '.join(missing)}; got {', '.join(feeds) or 'none'}")
@@ -445,4 +446,4 @@ class MILProgram:
             except Exception as exc:
                 raise MILError(f"{op_type} -> {outputs[0][0]!r} failed: {type(exc).__name__}: {exc}") from exc
             env[outputs[0][0]] = self._typed(result, outputs[0], op_type)
-        return {name: env[name] for name in self.outputs}
+        return env if keep else {name: env[name] for name in self.outputs}
