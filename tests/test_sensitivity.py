@@ -305,7 +305,8 @@ def test_run_reports_mixed_rows_beside_full_int8(quick_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(quick_run, out)
     recipe = load_recipe("quick").replace(ptq={"keep_float": [SENSITIVE]})
-    s = run(recipe, out, methods="ptq,mixed", backends="executorch,tflite", runs=3, peaks=False, progress=False)
+    s = run(recipe, out, methods="ptq,mixed", backends="executorch,tflite", runs=3, peaks=False, progress=False,
+            numerics_images=0)  # as the shared run was made: its stages reused
     ran = sorted(line.split("] ", 1)[1].split(":")[0] for line in s.log if line.endswith(" s") and ": ran in " in line)
     names = [f"quick_sep_aspp_mixed_{b}" for b in ("executorch_int8.pte", "tflite_int8.tflite")]
     assert ran == sorted(["sep_aspp/mixed"] + [f"sep_aspp/{k}/{n}" for k in ("export", "eval") for n in names])
