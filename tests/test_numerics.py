@@ -78,6 +78,14 @@ def test_clean_artifact_stays_with_its_program(quick_run, backend, suffix):
     assert result.output_sqnr_vs_program > 25
 
 
+def test_float_artifact_is_compared_with_the_float_model(quick_run):
+    (fp32,) = _artifacts(quick_run).glob("*_tflite_fp32.tflite")
+    result = numerics.compare([fp32], checkpoint=quick_run / HEAD / "float" / "float.pt", images=IMAGES, progress=False)[0]
+    assert result.matched_by.startswith("shape and value") and result.unmatched == [] and result.leaves_at is None
+    assert min(r["sqnr_vs_float"] for r in result.rows) > 90  # fp32 kernels: rounding of float32 sums only
+    assert all(r["max_steps"] is None for r in result.rows)
+
+
 def _negate_bytes(blob: bytearray, start: int, size: int) -> None:
     values = np.frombuffer(bytes(blob[start : start + size]), np.int8)
     blob[start : start + size] = np.clip(-values.astype(np.int16), -127, 127).astype(np.int8).tobytes()

@@ -532,6 +532,8 @@ def compare(artifacts: list[str | Path], *, program: str | Path | None = None, c
         else:
             raise CompareError(f"{path.name}: per-layer comparison reads executorch, tflite and coreml artifacts; "
                                f"{backend!r} has no reader of its intermediate tensors")
+        if not quantized and backend != "executorch":
+            tapped.matched_by = f"shape and value ({tapped.matched_by.split('(', 1)[-1]}"  # a float run has no qparams
         rows, leaves, unmatched = measure_layers(tapped, points, program_vals, ref.float_vals, quantized=quantized)
         worst = min(rows, key=lambda r: r["sqnr_vs_program"]) if rows else None
         out = torch.from_numpy(tapped.output)
