@@ -102,11 +102,7 @@ class FolderSegmentation(Dataset):
             if m.mode not in ("P", "L"):
                 raise DatasetError(f"mask {str(mask_path)!r} has mode {m.mode!r}; valid choices: P (palette), L (index)")
             mask = np.array(m)
-        if mask.shape != image.shape[:2]:
-            raise DatasetError(
-                f"mask {mask_path.name} is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} is "
-                f"{image.shape[1]}x{image.shape[0]}"
-            )
+        check_same_size(image, mask, image_path, mask_path)
         bad = np.setdiff1d(np.unique(mask), [*range(self.num_classes), IGNORE_INDEX])
         if bad.size:
             raise DatasetError(
@@ -132,3 +128,10 @@ def default_colors(n: int) -> tuple[tuple[int, int, int], ...]:
             c >>= 3
         colors.append((r, g, b))
     return tuple(colors)
+
+
+def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path: Path) -> None:
+    """One line when a mask's size is not its image's (every dataset of image/mask pairs reads it)."""
+    if mask.shape != image.shape[:2]:
+        raise DatasetError(f"mask {mask_path.name} is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} is "
+                           f"{image.shape[1]}x{image.shape[0]}")

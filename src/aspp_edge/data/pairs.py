@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DatasetError
+from .folder import check_same_size
 from .transforms import Compose, to_tensor_pair
 
 INVALID = -1  # a stored label the dataset's convention does not define
@@ -63,9 +64,7 @@ class PairedSegmentation(Dataset):
             stored = np.array(m)
         if stored.ndim != 2:
             raise DatasetError(f"mask {str(mask_path)!r} has {stored.shape[-1]} channels; {self.name} masks hold one label per pixel")
-        if stored.shape != image.shape[:2]:
-            raise DatasetError(f"mask {mask_path.name} is {stored.shape[1]}x{stored.shape[0]} but image {image_path.name} is "
-                               f"{image.shape[1]}x{image.shape[0]}")
+        check_same_size(image, stored, image_path, mask_path)
         values = np.unique(stored)
         bad = [int(v) for v in values if not 0 <= v < 256 or self.lut[int(v)] == INVALID]
         if bad:

@@ -54,7 +54,7 @@ from torch.fx import GraphModule, Interpreter, Node
 
 from ..errors import AsppEdgeError
 from ..formats import backend_for, read_manifest
-from ..metrics import sqnr_db
+from ..metrics import logits_sqnr_db
 from ..quantize.quantizers import SHARED_RANGE_TARGETS, layer_name
 from ..quantize.sensitivity import DQ_TENSOR, FOLLOWERS, Q_TENSOR
 
@@ -83,17 +83,16 @@ class Point:
     zero_point: int | None = None
 
 
+def _numbered(name: str, seen: dict[str, int]) -> str:
+    """A layer's key: its name the first time a module runs, `name#2` the second, and so on."""
+    seen[name] = seen.get(name, 0) + 1
+    return name if seen[name] == 1 else f"{name}#{seen[name]}"
+
+
 def _layer_keys(gm: GraphModule) -> list[tuple[str, Node]]:
-    """(layer key, node) of every weighted op in graph order; a module run twice gets `name#2`."""
+    """(layer key, node) of every weighted op in graph order."""
     seen: dict[str, int] = {}
-    out = []
-    for node in gm.graph.nodes:
-        name = layer_name(node)
-        if name is None:
-            continue
-        seen[name] = seen.get(name, 0) + 1
-        out.append((name if seen[name] == 1 else f"{name}#{seen[name]}", node))
-    return out
+    return [(_numbered(name, seen), node) for node in gm.graph.nodes if (name := layer_name(node)) is not None]
 
 
 def _single_user(node: Node) -> Node | None:
@@ -184,6 +183,7 @@ class Tapped:
     matched_by: str
     notes: list[str] = field(default_factory=list)
     debug_copy_max_diff: float | None = None  # ExecuTorch: the debug copy's output against the shipped .pte's
+    scale_tolerance: float = 1e-5  # relative: how close a tensor's scale must be to the program's to match
 
 
 def shipped_output(runner, inputs: list[np.ndarray]) -> np.ndarray:
@@ -253,7 +253,8 @@ def tap_coreml(runner, inputs: list[np.ndarray]) -> Tapped:
             tensors.append(Tensor(index, op_type, values.astype(np.float32)))
     outputs = np.concatenate([e[runner.output_spec["name"]] for e in envs]).astype(np.float32)
     return Tapped(tensors, outputs, "quantization parameters and position (MIL reference interpreter)",
-                  ["Core ML values from the MIL reference interpreter (Apple's kernels run on macOS only)"])
+                  ["Core ML values from the MIL reference interpreter (Apple's kernels run on macOS only)"],
+                  scale_tolerance=1e-3)  # the package stores its scales in fp16
 
 
 def tap_executorch(runner, inputs: list[np.ndarray], module: torch.nn.Module, points: dict[str, Point], *,
@@ -269,7 +270,7 @@ def tap_executorch(runner, inputs: list[np.ndarray], module: torch.nn.Module, po
     pte, etrecord = debug_copy(module, torch.from_numpy(inputs[0]), folder, source=runner.path, precision=precision)
     shipped = shipped_output(runner, inputs)
     chunks: dict[tuple[str | None, int], list[np.ndarray]] = {}
-    debug_out, layer_of, index_ready = [], {}, False
+    debug_out, layer_of = [], weight_handles(etrecord)
     with tempfile.TemporaryDirectory() as tmp:
         for x in inputs:
             loaded = portable_lib._load_for_executorch(str(pte), enable_etdump=True, debug_buffer_size=256 << 20)  # noqa: SLF001
@@ -277,15 +278,11 @@ def tap_executorch(runner, inputs: list[np.ndarray], module: torch.nn.Module, po
             dump, buffer = Path(tmp) / "run.etdump", Path(tmp) / "debug.bin"
             loaded.write_etdump_result_to_file(str(dump), str(buffer))
             inspector = Inspector(etdump_path=str(dump), etrecord=str(etrecord), debug_buffer_path=str(buffer))
-            layer_of = layer_of if index_ready else weight_handles(etrecord)
-            index_ready = True
             calls = [e for b in inspector.event_blocks for e in b.events if e.name == "DELEGATE_CALL" and e.debug_data]
             seen: dict[str, int] = {}
             for index, event in enumerate(calls):
                 name = next((layer_of[h] for h in event.debug_handles or () if h in layer_of), None)
-                if name is not None:
-                    seen[name] = seen.get(name, 0) + 1
-                    name = name if seen[name] == 1 else f"{name}#{seen[name]}"
+                name = _numbered(name, seen) if name is not None else None
                 chunks.setdefault((name, index), []).append(event.debug_data[-1].numpy())
     tensors = []
     for (key, index), parts in chunks.items():
@@ -328,8 +325,7 @@ def _same_q(t: Tensor, p: Point, rel: float) -> bool:
             and abs(t.scale - p.scale) <= rel * p.scale)
 
 
-def match(tapped: Tapped, points: dict[str, Point], targets: dict[str, np.ndarray], *, by_value: bool,
-          rel: float = 1e-5) -> dict[str, Tensor]:
+def match(tapped: Tapped, points: dict[str, Point], targets: dict[str, np.ndarray], *, by_value: bool) -> dict[str, Tensor]:
     """Layer key -> the runtime tensor at its output point. ExecuTorch's tensors name their layer; a
     quantized run's are matched by (scale, zero point, shape) in graph order, each tensor once; a
     float run's by shape and the closest value (`targets`: the value each layer should hold)."""
@@ -342,17 +338,13 @@ def match(tapped: Tapped, points: dict[str, Point], targets: dict[str, np.ndarra
         want = targets[key].shape
         cands = [i for i, t in enumerate(tapped.tensors) if i not in used and t.values.shape == want]
         if by_value:
-            cands = sorted(cands, key=lambda i: -sqnr_db(torch.from_numpy(targets[key]), torch.from_numpy(tapped.tensors[i].values)))
+            cands = sorted(cands, key=lambda i: -logits_sqnr_db(tapped.tensors[i].values, targets[key]))
         else:
-            cands = [i for i in cands if _same_q(tapped.tensors[i], point, rel)]
+            cands = [i for i in cands if _same_q(tapped.tensors[i], point, tapped.scale_tolerance)]
         if cands:
             used.add(cands[0])
             out[key] = tapped.tensors[cands[0]]
     return out
-
-
-def _sqnr(ref: np.ndarray, x: np.ndarray) -> float:
-    return sqnr_db(torch.from_numpy(ref), torch.from_numpy(x))
 
 
 @dataclass
@@ -390,17 +382,17 @@ def measure_layers(tapped: Tapped, points: dict[str, Point], program_vals: dict[
                    float_vals: dict[str, np.ndarray], *, quantized: bool) -> tuple[list[dict[str, Any]], str | None, list[str]]:
     """Rows in graph order, the layer where the artifact leaves its program, and the layers not found."""
     targets = program_vals if program_vals is not None else float_vals
-    found = match(tapped, points, targets, by_value=not quantized, rel=1e-5 if "MIL" not in tapped.matched_by else 1e-3)
+    found = match(tapped, points, targets, by_value=not quantized)
     rows, leaves, lowest = [], None, math.inf
     for key, point in sorted(points.items(), key=lambda kv: kv[1].order):
         t = found.get(key)
         if t is None or t.values.shape != targets[key].shape:
             continue
-        row: dict[str, Any] = {"layer": key, "runtime_op": t.op, "sqnr_vs_float": _sqnr(float_vals[key], t.values)}
+        row: dict[str, Any] = {"layer": key, "runtime_op": t.op, "sqnr_vs_float": logits_sqnr_db(t.values, float_vals[key])}
         if program_vals is not None:
             prog = program_vals[key]
-            row["sqnr_vs_program"] = _sqnr(prog, t.values)
-            row["program_sqnr_vs_float"] = _sqnr(float_vals[key], prog)
+            row["sqnr_vs_program"] = logits_sqnr_db(t.values, prog)
+            row["program_sqnr_vs_float"] = logits_sqnr_db(prog, float_vals[key])
             row["max_steps"] = round(float(np.abs(t.values - prog).max() / point.scale), 2) if point.scale else None
         else:
             row["sqnr_vs_program"] = row["sqnr_vs_float"]
@@ -536,11 +528,10 @@ def compare(artifacts: list[str | Path], *, program: str | Path | None = None, c
             tapped.matched_by = f"shape and value ({tapped.matched_by.split('(', 1)[-1]}"  # a float run has no qparams
         rows, leaves, unmatched = measure_layers(tapped, points, program_vals, ref.float_vals, quantized=quantized)
         worst = min(rows, key=lambda r: r["sqnr_vs_program"]) if rows else None
-        out = torch.from_numpy(tapped.output)
         results.append(Comparison(
             artifact=str(path), runtime=runner.evaluated_by, precision=manifest["precision"], matched_by=tapped.matched_by,
-            rows=rows, leaves_at=leaves, worst=worst, output_sqnr_vs_program=sqnr_db(torch.from_numpy(program_out), out),
-            output_sqnr_vs_float=sqnr_db(torch.from_numpy(ref.float_output), out), notes=tapped.notes, unmatched=unmatched,
+            rows=rows, leaves_at=leaves, worst=worst, output_sqnr_vs_program=logits_sqnr_db(tapped.output, program_out),
+            output_sqnr_vs_float=logits_sqnr_db(tapped.output, ref.float_output), notes=tapped.notes, unmatched=unmatched,
             debug_copy_max_diff=tapped.debug_copy_max_diff))
     return results
 
