@@ -31,7 +31,7 @@ MNV3_ARTIFACT_SQNR_DB = {"executorch": 60.0, "tflite": 38.0}
 
 class SEBlock(nn.Module):
     """MobileNetV3's pattern: conv + BN + hardswish, squeeze-excitation with a hardsigmoid gate,
-    and one hardsigmoid that no conv feeds (it must be left alone)."""
+    and one hardsigmoid that no conv feeds (it becomes a 1x1 depthwise conv (1/6, 1/2) + clamp)."""
 
     def __init__(self, c: int = 8) -> None:
         super().__init__()
@@ -63,9 +63,9 @@ def test_rewrites_compute_the_same_function(block):
     x = torch.randn(2, 3, 16, 16) * 3
     gm = export_dynamic_batch(block, x).module()
     done = integer_friendly(gm)
-    assert len(done["hardsigmoid_folded"]) == 1, done
+    assert len(done["hardsigmoid_folded"]) == 1 and len(done["hardsigmoid_as_conv"]) == 1, done
     targets = _targets(gm)
-    assert sum(t in HARDSIGMOID_TARGETS for t in targets) == 1  # the one no conv feeds stays
+    assert sum(t in HARDSIGMOID_TARGETS for t in targets) == 0  # the one no conv feeds is a conv + clamp
     assert sum(t in HARDSWISH_TARGETS for t in targets) == 1  # hardswish stays for ExecuTorch and Core ML
     with torch.no_grad():
         torch.testing.assert_close(gm(x), block(x), atol=1e-5, rtol=1e-5)
@@ -78,7 +78,7 @@ def test_the_gates_are_int8_on_exactly_zero_to_one_and_their_clamps_go(block):
     q = quantize(block, PTQConfig(observer="minmax"), calibration=calib)
     raw = convert_pt2e(copy.deepcopy(q.prepared), fold_quantize=False)
     clamps = [n for n in raw.graph.nodes if n.target == torch.ops.aten.hardtanh.default]
-    assert len(clamps) == 1  # the folded squeeze-excitation gate
+    assert len(clamps) == 2  # the folded squeeze-excitation gate and the hardsigmoid no conv fed
     for clamp in clamps:
         dq = clamp.args[0]
         assert dq.target == DEQUANTIZE and dq.args[2] == UNIT_QSPEC.zero_point

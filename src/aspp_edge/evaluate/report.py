@@ -365,6 +365,7 @@ def markdown(report: dict[str, Any]) -> str:
     if cross:
         lines += ["## int8 artifacts of one program, backend against backend (argmax agreement on the val split)", ""] + cross + [""]
     lines += numerics_section(rows, with_head=len(heads) > 1)
+    lines += islands_section(rows, with_head=len(heads) > 1)
     if report["runtime_peaks"]:
         lines += ["## Runtime throughput reference (four 256->256 1x1 convolutions at 64x64)", "",
                   "| runtime | GMAC/s | median ms | threads |", "|---|---|---|---|"]
@@ -387,6 +388,26 @@ def markdown(report: dict[str, Any]) -> str:
         lines += per_model_table(deploy) + [""] + rows_table(deploy["rows"]) + [""]
     lines += ["## Verdict", ""] + verdict(rows, deploy) + [""]
     return "\n".join(lines)
+
+
+def islands_section(rows: list[dict[str, Any]], *, with_head: bool) -> list[str]:
+    """What each int8 artifact's runtime keeps in float, by layer and why (`quantize/islands.py`)."""
+    listed = [r for r in rows if "float_islands" in r]
+    if not listed:
+        return []
+    lines = ["## Float islands in the int8 artifacts (by layer; `quantize/islands.py`)", ""]
+    for r in listed:
+        islands = r["float_islands"]
+        if not islands:
+            lines.append(f"- {label(r, with_head)}: none, integer end to end")
+            continue
+        by_op: dict[tuple[str, str], list[str]] = {}
+        for i in islands:
+            by_op.setdefault((i["op"], i["why"]), []).append(i["layer"])
+        for (op, why), layers in by_op.items():
+            shown = ", ".join(f"`{layer}`" for layer in layers[:6]) + (f" (+{len(layers) - 6} more)" if len(layers) > 6 else "")
+            lines.append(f"- {label(r, with_head)}: {op} at {shown}: {why}")
+    return lines + [""]
 
 
 def numerics_section(rows: list[dict[str, Any]], *, with_head: bool) -> list[str]:

@@ -174,5 +174,9 @@ def graph_line(facts: dict[str, Any]) -> str:
 def write(module: torch.nn.Module, source, precision: str, tmp: Path, *, layout: str, io_dtype: str) -> Written:
     """The XNNPACK-delegated `.pte` of a float module or the int8 program (weights folded) at `tmp`."""
     data, info = to_pte(folded(module) if precision == "int8" else module, source.example)
+    if precision == "int8":
+        from ..quantize.islands import float_islands
+
+        info["float_islands"] = float_islands(module, "executorch")
     tmp.write_bytes(data)
     return Written(info, *io_specs(source, "NCHW"))

@@ -62,6 +62,10 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(f"  labels    {', '.join(m['labels'])}")
         if "quantization" in m:
             lines.append(f"  float layers  {', '.join(m['quantization']['float_layers']) or 'none (every layer int8)'}")
+        if "float_islands" in m["backend_info"]:  # int8 artifacts: what the runtime keeps float, by layer (quantize/islands.py)
+            from ..quantize.islands import format_islands
+
+            lines.append(f"  float islands  {format_islands(m['backend_info']['float_islands'])}")
         if "metrics" in m:
             lines.append(f"  metrics   {json.dumps(m['metrics'])}")
         lines.append(f"  checked here  {m['checked_here']}")

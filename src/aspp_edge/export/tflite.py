@@ -358,6 +358,10 @@ def write(module: torch.nn.Module, source, precision: str, tmp: Path, *, layout:
     summary = summarize(parse(data))
     (inp,), (outp,) = summary["inputs"], summary["outputs"]
     info = {"ops": summary["ops"], "qdq_at_io": summary["qdq_at_io"], "qdq_inside": summary["qdq_inside"]}
+    if int8:
+        from ..quantize.islands import float_islands
+
+        info["float_islands"] = float_islands(module, "tflite")
     if precision == "fp16":  # fp16 weights for LiteRT's GPU delegate; here the CPU interpreter checks the accuracy
         from ..models.half import half_precision_check
 

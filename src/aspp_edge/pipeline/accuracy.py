@@ -190,11 +190,14 @@ class AccuracyStages:
                                            val=build_dataset(recipe, "val"), batch_size=recipe.train.batch_size, threads=self.threads,
                                            runs=self.runs, warmup=self.warmup, progress=self.progress)
         row = measured.to_row()
-        if method == "mixed":
-            from ..formats.manifest import read_manifest
+        from ..formats.manifest import read_manifest
 
+        manifest = read_manifest(artifact)
+        if method == "mixed":
             row["method"] = method
-            row["float_layers"] = read_manifest(artifact)["quantization"]["float_layers"]
+            row["float_layers"] = manifest["quantization"]["float_layers"]
+        if "float_islands" in manifest["backend_info"]:  # int8: what the runtime keeps float, by layer (quantize/islands.py)
+            row["float_islands"] = manifest["backend_info"]["float_islands"]
         _write_masks(result.with_suffix(".npz"), masks)
         with atomic_path(result) as tmp:
             tmp.write_text(json.dumps(row, indent=2))

@@ -61,6 +61,13 @@ SHARED_RANGE_TARGETS = {
     torch.ops.aten.expand.default,
 }
 SIGMOID_TARGETS = {torch.ops.aten.sigmoid.default}
+# Pointwise activations XNNPACKQuantizer leaves unannotated (it knows ReLU, ReLU6 and the ops that
+# share their producer's range): each gets its own int8 input and output, see `_annotate_activations`.
+ACTIVATION_TARGETS = {
+    torch.ops.aten.hardswish.default, torch.ops.aten.hardswish_.default, torch.ops.aten.hardsigmoid.default,
+    torch.ops.aten.hardsigmoid_.default, torch.ops.aten.silu.default, torch.ops.aten.silu_.default,
+    torch.ops.aten.gelu.default, torch.ops.aten.elu.default, torch.ops.aten.leaky_relu.default, torch.ops.aten.tanh.default,
+}
 RELU6_TARGETS = {torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default}
 CONV_TARGETS = {torch.ops.aten.conv2d.default, torch.ops.aten.conv2d.padding, torch.ops.aten.convolution.default}
 # BN overloads with a `training` argument (QAT graphs), and every BN overload
@@ -153,8 +160,8 @@ def _annotate_shared_range(model: GraphModule) -> None:
 
 def _conv_partition_output(node: Node) -> bool:
     """Whether `node` ends a conv or conv + BN partition (the node carrying its output qspec)."""
-    if node.target in CONV_TARGETS:
-        return True
+    if node.target in CONV_TARGETS or node.target == torch.ops.aten.conv_transpose2d.input:
+        return True  # a transposed conv + ReLU6 too: unfused, LiteRT ran the int8 RELU6 outside XNNPACK
     if node.target is operator.getitem:  # the BN variants that return a tuple
         node = node.args[0]
     if node.target in BN_TARGETS:
@@ -209,8 +216,72 @@ def _annotate_sigmoid(model: GraphModule, config: QuantizationConfig) -> None:
         )
 
 
+def _annotate_activations(model: GraphModule, config: QuantizationConfig) -> None:
+    """Hardswish, GELU and the other pointwise activations of ACTIVATION_TARGETS: int8 in, int8 out.
+
+    Left unannotated (XNNPACKQuantizer's default), such an activation is a float op, and so is every op
+    that takes its range from it: an SE squeeze `mean` reading a hardswish, the pools after it. That
+    is a DEQUANTIZE -> HARD_SWISH -> MEAN -> QUANTIZE float island in the .tflite (issue 36). Its
+    own int8 input (shared with the producer's output observer where the producer has one) and output
+    make it an integer op wherever the runtime has the kernel; where it has not, `islands.FLOAT_ISLANDS`
+    says what the runtime does with it."""
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target not in ACTIVATION_TARGETS or Q_ANNOTATION_KEY in node.meta:
+            continue
+        src = node.args[0]
+        if not isinstance(src, Node):
+            continue
+        producer = src.meta.get(Q_ANNOTATION_KEY)
+        if producer is None and src.op == "call_function" and src.target in WEIGHTED_TARGETS | BN_TARGETS | {operator.getitem}:
+            continue  # the producer is a layer kept in float (mixed precision): the activation stays with it
+        node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+            input_qspec_map={src: config.input_activation}, output_qspec=config.output_activation, _annotated=True
+        )
+
+
+def _fixed_output(node: Node) -> bool:
+    """Whether `node`'s output carries fixed qparams (a sigmoid, a [0, 1] clamp), directly or by sharing."""
+    seen = set()
+    while isinstance(node, Node) and node not in seen:
+        seen.add(node)
+        annotation = node.meta.get(Q_ANNOTATION_KEY)
+        qspec = annotation.output_qspec if annotation is not None else None
+        if isinstance(qspec, FixedQParamsQuantizationSpec):
+            return True
+        if not isinstance(qspec, SharedQuantizationSpec):
+            return False
+        target = qspec.edge_or_node
+        if isinstance(target, tuple):  # an input edge (producer, user): the qspec the user gave it
+            producer, user = target
+            edge_qspec = user.meta[Q_ANNOTATION_KEY].input_qspec_map.get(producer)
+            if isinstance(edge_qspec, FixedQParamsQuantizationSpec):
+                return True
+            node = producer if isinstance(edge_qspec, SharedQuantizationSpec) else None
+        else:
+            node = target
+    return False
+
+
+def _share_fixed_ranges(model: GraphModule) -> None:
+    """An op reading a fixed-range output (a gate in [0, 1]) takes it as it is: its input shares the
+    producer's qparams instead of an observer of its own.
+
+    With its own observer the edge carries a requantize (quantize 1/256 -> dequantize -> quantize at the
+    observed range), which no runtime needs (an int8 conv or multiply takes any input qparams) and which
+    litert-torch lowers wrongly: it drops the second QUANTIZE but quantizes the next conv's bias with its
+    scale (a sigmoid -> conv measured 14.7 dB from the program, 59 dB without the requantize)."""
+    for node in model.graph.nodes:
+        annotation = node.meta.get(Q_ANNOTATION_KEY)
+        if annotation is None or node.target in (torch.ops.aten.cat.default,):
+            continue
+        for src, qspec in list(annotation.input_qspec_map.items()):
+            if isinstance(src, Node) and not isinstance(qspec, SharedQuantizationSpec) and _fixed_output(src):
+                annotation.input_qspec_map[src] = SharedQuantizationSpec(src)
+
+
 class Int8SchemeQuantizer(XNNPACKQuantizer):
-    """XNNPACKQuantizer with fixed-qparam sigmoids and resize/broadcast sharing annotated before concats."""
+    """XNNPACKQuantizer with fixed-qparam sigmoids, int8 pointwise activations and resize/broadcast
+    sharing annotated before concats."""
 
     SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if p.name != "cat"]
 
@@ -220,10 +291,12 @@ class Int8SchemeQuantizer(XNNPACKQuantizer):
             _annotate_unit_clamp(model)
             _annotate_conv_relu6(model, self.global_config)
             _annotate_sigmoid(model, self.global_config)
+            _annotate_activations(model, self.global_config)
         propagate_annotation(model)  # relu / hardtanh / pool / dropout share their producer's
         _annotate_shared_range(model)
         OP_TO_ANNOTATOR["cat"](model, self.global_config, self.filter_fn)
         propagate_annotation(model)
+        _share_fixed_ranges(model)
         return model
 
 

@@ -10,6 +10,19 @@ for the op it removes:
   hardsigmoid(z) = clamp(z / 6 + 1/2, 0, 1), a convolution z = W x + b followed by hardsigmoid is
   the convolution W/6, b/6 + 1/2 followed by clamp(0, 1) (hardtanh), and a conv + clamp is one
   quantized partition in every runtime (the clamp becomes the conv's output bound).
+- **any other 4-D hardsigmoid** (after a BN, an add, a pool...): hardsigmoid(x) = clamp(x / 6 + 1/2,
+  0, 1), and x / 6 + 1/2 is a 1x1 depthwise convolution (weight 1/6, exact as an int8 per-channel
+  weight: 127 steps; bias 1/2), so it becomes that conv followed by clamp(0, 1), the same integer
+  conv + clamp partition as above (`hardsigmoid_as_unit_conv`).
+- **SiLU** (x * sigmoid(x)): no runtime here has an int8 SiLU kernel inside its XNNPACK delegate
+  (LiteRT has no SILU operator: litert-torch lowers it to LOGISTIC and MUL), so it is written as
+  that sigmoid (int8 with the fixed [0, 1) qparams) and an int8 multiply (`silu_as_sigmoid_mul`).
+- **a gate output concatenated** (a sigmoid or [0, 1] clamp feeding a concat): its int8 range is
+  fixed by the kernels, a concat needs one range for all its inputs, so the gate's values must be
+  requantized on the way. litert-torch cannot convert that requantize (its concat then fails its
+  same-scale check), so the rewrite makes it an op every runtime has: a 1x1 depthwise identity
+  convolution (weight 1, exact in int8; bias 0) between the gate and the concat
+  (`requantize_gates_before_cat`).
 - **hardswish, for LiteRT only** (`hardswish_as_int8_gate`, applied to the converted program by the
   TFLite export). The LiteRT XNNPACK delegate runs HARD_SWISH in float only (its HARD_SWISH
   visitor accepts float tensors only), so an int8 HARD_SWISH runs in LiteRT's single-threaded
@@ -90,6 +103,125 @@ def fold_hardsigmoid_into_conv(gm: GraphModule) -> list[str]:
             if old is not None and not old.users:
                 gm.graph.erase_node(old)
         node.target, node.args, node.kwargs = torch.ops.aten.hardtanh.default, (conv, 0.0, 1.0), {}
+        done.append(node.name)
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
+def _unit_affine_conv(gm: GraphModule, node: Node, stem: str) -> Node:
+    """A 1x1 depthwise conv computing x / 6 + 1/2 of `node`'s 4-D input, inserted before `node`."""
+    val = node.args[0].meta["val"]
+    channels = int(val.shape[1])
+    gm.register_buffer(f"{stem}_weight", torch.full((channels, 1, 1, 1), 1.0 / 6.0))
+    gm.register_buffer(f"{stem}_bias", torch.full((channels,), 0.5))
+    with gm.graph.inserting_before(node):
+        weight, bias = gm.graph.get_attr(f"{stem}_weight"), gm.graph.get_attr(f"{stem}_bias")
+        conv = gm.graph.call_function(torch.ops.aten.conv2d.default, (node.args[0], weight, bias, [1, 1], [0, 0], [1, 1], channels))
+    weight.meta["val"], bias.meta["val"] = val.new_empty((channels, 1, 1, 1)), val.new_empty((channels,))
+    conv.meta["val"] = val.new_empty(tuple(val.shape))
+    for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):  # the layer it computes belongs to the hardsigmoid's module
+        if key in node.meta:
+            conv.meta[key] = node.meta[key]
+    return conv
+
+
+def hardsigmoid_as_unit_conv(gm: GraphModule) -> list[str]:
+    """Rewrite every remaining 4-D hardsigmoid (not fed by a conv of its own, see above) as
+    dwconv1x1(x; 1/6, 1/2) -> hardtanh(0, 1), in place; returns the rewritten nodes' names."""
+    done = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in HARDSIGMOID_TARGETS:
+            continue
+        src = node.args[0]
+        val = src.meta.get("val") if isinstance(src, Node) else None
+        if val is None or val.dim() != 4:
+            continue
+        conv = _unit_affine_conv(gm, node, f"_hardsigmoid_affine_{len(done)}")
+        node.target, node.args, node.kwargs = torch.ops.aten.hardtanh.default, (conv, 0.0, 1.0), {}
+        done.append(node.name)
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
+CAT_TARGETS = {torch.ops.aten.cat.default, torch.ops.aten.concat.default}
+GATE_TARGETS = {torch.ops.aten.sigmoid.default}
+
+
+def _is_gate(node: Node) -> bool:
+    return node.op == "call_function" and (node.target in GATE_TARGETS or (
+        node.target in (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default) and tuple(node.args[1:3]) == (0.0, 1.0)))
+
+
+# Ops that give their output their input's qparams (the scheme's shared ranges and XNNPACKQuantizer's
+# propagation): a gate's fixed range reaches a concat through them.
+_RANGE_KEEPING = {
+    torch.ops.aten.upsample_bilinear2d.vec, torch.ops.aten.upsample_bilinear2d.default, torch.ops.aten.expand.default,
+    torch.ops.aten.relu.default, torch.ops.aten.hardtanh.default, torch.ops.aten.max_pool2d.default,
+    torch.ops.aten.adaptive_avg_pool2d.default, torch.ops.aten.mean.dim, torch.ops.aten.view.default,
+    torch.ops.aten.reshape.default, torch.ops.aten.permute.default, torch.ops.aten.squeeze.dim, torch.ops.aten.unsqueeze.default,
+}
+
+
+def _from_gate(node) -> bool:
+    """Whether a concat input carries a gate's fixed range: a gate, or a gate through range-keeping ops."""
+    while isinstance(node, Node) and node.op == "call_function":
+        if _is_gate(node):
+            return True
+        if node.target not in _RANGE_KEEPING:
+            return False
+        node = node.args[0]
+    return False
+
+
+def requantize_gates_before_cat(gm: GraphModule) -> list[str]:
+    """Put a 1x1 depthwise identity conv on every 4-D concat input that carries a gate's fixed range
+    (sigmoid, clamp(0, 1), or one of them resized or pooled), in place; returns the concats' names."""
+    done = []
+    for cat in list(gm.graph.nodes):
+        if cat.op != "call_function" or cat.target not in CAT_TARGETS:
+            continue
+        inputs = list(cat.args[0])
+        for i, src in enumerate(inputs):
+            val = src.meta.get("val") if isinstance(src, Node) else None
+            if val is None or val.dim() != 4 or not _from_gate(src):
+                continue
+            channels, stem = int(val.shape[1]), f"_gate_requantize_{len(done)}_{i}"
+            gm.register_buffer(f"{stem}_weight", torch.ones((channels, 1, 1, 1)))
+            gm.register_buffer(f"{stem}_bias", torch.zeros((channels,)))
+            with gm.graph.inserting_before(cat):
+                weight, bias = gm.graph.get_attr(f"{stem}_weight"), gm.graph.get_attr(f"{stem}_bias")
+                conv = gm.graph.call_function(torch.ops.aten.conv2d.default, (src, weight, bias, [1, 1], [0, 0], [1, 1], channels))
+            weight.meta["val"], bias.meta["val"] = val.new_empty((channels, 1, 1, 1)), val.new_empty((channels,))
+            conv.meta.update({k: v for k, v in cat.meta.items() if k in ("nn_module_stack", "stack_trace", "source_fn_stack")})
+            conv.meta["val"] = val
+            inputs[i] = conv
+        if any(a is not b for a, b in zip(inputs, cat.args[0])):
+            cat.args = (inputs, *cat.args[1:])
+            done.append(cat.name)
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
+SILU_TARGETS = {torch.ops.aten.silu.default, torch.ops.aten.silu_.default}
+
+
+def silu_as_sigmoid_mul(gm: GraphModule) -> list[str]:
+    """Rewrite every SiLU as x * sigmoid(x), in place; returns the rewritten nodes' names."""
+    done = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in SILU_TARGETS:
+            continue
+        x = node.args[0]
+        with gm.graph.inserting_before(node):
+            gate = gm.graph.call_function(torch.ops.aten.sigmoid.default, (x,))
+        gate.meta.update({k: v for k, v in node.meta.items() if k in ("val", "nn_module_stack", "stack_trace", "source_fn_stack")})
+        node.target, node.args, node.kwargs = torch.ops.aten.mul.Tensor, (x, gate), {}
         done.append(node.name)
     if done:
         gm.graph.lint()
@@ -179,4 +311,5 @@ def drop_saturated_clamps(gm: GraphModule) -> int:
 
 def integer_friendly(gm: GraphModule) -> dict[str, list[str]]:
     """The rewrites to apply to an exported float program before `prepare_pt2e` / `prepare_qat_pt2e`."""
-    return {"hardsigmoid_folded": fold_hardsigmoid_into_conv(gm)}
+    return {"hardsigmoid_folded": fold_hardsigmoid_into_conv(gm), "hardsigmoid_as_conv": hardsigmoid_as_unit_conv(gm),
+            "silu_as_sigmoid_mul": silu_as_sigmoid_mul(gm), "gates_requantized_before_cat": requantize_gates_before_cat(gm)}
