@@ -422,3 +422,27 @@ def test_qat_under_torchrun_two_ranks_agree(tmp_path, quick_trained, quick_recip
     hashes = summary["rank_weight_sha256"]
     assert summary["world_size"] == 2 and len(hashes) == 2 and hashes[0] == hashes[1]
     assert load_quantized(tmp_path / "out" / "quick_qat_int8.pt2") is not None
+
+
+def test_qat_select_best_keeps_step_zero_unless_a_check_gains_min_gain():
+    """A trained check replaces step 0 only with a KL at least `min_gain` below step 0's; among those the least KL wins;
+    `select: last` keeps whatever came last. A min_gain outside [0, 1) is one ConfigError naming it."""
+    from aspp_edge.quantize.qat import _Selection
+
+    def run(kls, **cfg):
+        sel = _Selection(QATConfig(**cfg), ref=None, batches=[], device="cpu", ctx=None, on_check=None)
+        kept = None
+        for step, kl in enumerate(kls):
+            row = {"step": step, "kl": kl}
+            sel.trace.append(row)
+            if sel.replaces_best(row):
+                sel.best.update(row=row)
+                kept = step
+        return kept
+
+    assert run([1.0, 0.99, 0.985]) == 0  # 1.5% at best: noise on the held-out images
+    assert run([1.0, 0.97, 0.99, 0.95]) == 3
+    assert run([1.0, 0.97, 0.99], min_gain=0.0) == 1
+    assert run([1.0, 0.97, 1.2], select="last") == 2
+    with pytest.raises(ConfigError, match="qat.min_gain 1.5"):
+        QATConfig(min_gain=1.5)
