@@ -262,6 +262,38 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         print(f"json: {args.json}")
 
 
+def _cmd_setup_arm64(args: argparse.Namespace) -> None:
+    from .runtime.arm64 import ensure_env
+
+    env, summary = ensure_env(args.cache)
+    if not summary["built"]:
+        print(f"the aarch64 environment is ready at {env.root} (nothing to do)")
+        return
+    print(f"the aarch64 environment is ready at {env.root}: built in {summary['seconds']:.0f} s, "
+          f"{summary['downloaded_bytes'] / 1e6:.0f} MB downloaded (cached in {env.root.parent / 'downloads'}), "
+          f"{summary['disk_bytes'] / 1e6:.0f} MB on disk")
+    print("qemu CPU models: " + ", ".join(env.cpus()))
+
+
+def _cmd_check_arm64(args: argparse.Namespace) -> None:
+    from .config import load_recipe
+    from .evaluate import arm64
+
+    rows = arm64.check_arm64(args.artifacts, recipe=load_recipe(args.recipe) if args.recipe else None, checkpoint=args.checkpoint,
+                             images=args.images, cpus=[c for c in args.cpu.split(",") if c], fp16=not args.no_fp16, cache=args.cache)
+    print(arm64.table(rows))
+    print()
+    for line in arm64.summary_lines(rows):
+        print(line)
+    if args.json:
+        arm64.write_json(rows, args.json)
+        print(f"json: {args.json}")
+    failed = [r for r in rows if not r.passed]
+    if failed:
+        raise AsppEdgeError(f"{len(failed)} of {len(rows)} aarch64 rows failed: "
+                            + "; ".join(f"{r.artifact.rsplit('/', 1)[-1]} ({r.cpu}, {r.mode}): {r.failures[0]}" for r in failed[:3]))
+
+
 def _cmd_bench_device(args: argparse.Namespace) -> None:
     import json
 
@@ -483,6 +515,25 @@ def _add_compare(sub, fmt) -> None:
     p.set_defaults(func=_cmd_compare)
 
 
+def _add_arm64(sub, fmt) -> None:
+    p = sub.add_parser("setup-arm64", help="build the aarch64 environment check-arm64 runs in (qemu-user, an arm64 sysroot, "
+                       "the aarch64 ExecuTorch and LiteRT builds): pinned downloads, once", formatter_class=fmt)
+    p.add_argument("--cache", default=None, help="cache folder (default: $ASPP_EDGE_ARM64_CACHE, else ~/.cache/aspp-edge/arm64)")
+    p.set_defaults(func=_cmd_setup_arm64)
+    p = sub.add_parser("check-arm64", help="run .pte / .tflite artifacts on the aarch64 runtimes under qemu and compare them "
+                       "with their x86 run and the float model", formatter_class=fmt)
+    p.add_argument("artifacts", nargs="+", help=".pte and .tflite files (with their manifests)")
+    p.add_argument("--recipe", default=None, help="recipe whose val images to use (default: the one stored in the checkpoint)")
+    p.add_argument("--checkpoint", default=None, help="float checkpoint (default: the run's float.pt matching the manifest's sha256)")
+    p.add_argument("--images", type=int, default=4, help="val images to run")
+    p.add_argument("--cpu", default="cortex-a76,cortex-a710", help="qemu CPU models, comma-separated (cortex-a76: dot product "
+                   "and fp16 arithmetic; cortex-a710: also i8mm)")
+    p.add_argument("--no-fp16", action="store_true", help="do not also run float .tflite artifacts with XNNPACK's fp16 inference forced")
+    p.add_argument("--cache", default=None, help="the aarch64 environment's cache folder (see setup-arm64)")
+    p.add_argument("--json", default=None, help="also write the rows, kernels and provenance to this JSON file")
+    p.set_defaults(func=_cmd_check_arm64)
+
+
 def _add_bench(sub, fmt) -> None:
     p = sub.add_parser("bench", help="latency, load time and peak RSS of artifacts in their runtimes", formatter_class=fmt)
     p.add_argument("artifacts", nargs="+", help=".pte, .tflite or .mlpackage files (with their manifests)")
@@ -544,6 +595,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _add_sweep(sub, fmt)
     _add_eval(sub, fmt)
     _add_compare(sub, fmt)
+    _add_arm64(sub, fmt)
     _add_bench(sub, fmt)
     _add_bench_device(sub, fmt)
     _add_demo(sub, fmt)

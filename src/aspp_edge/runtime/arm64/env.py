@@ -168,8 +168,8 @@ def find_env(cache: str | Path | None = None) -> Arm64Env:
     missing = env.missing()
     if missing:
         raise Arm64EnvMissing(
-            f"the aarch64 environment is not set up at {env.root} (missing: {', '.join(missing)}); run `{SETUP_COMMAND}`"
-            + (f" --cache {base}" if cache else "") + " (downloads about 165 MB once, then works offline)")
+            f"the aarch64 environment is not set up at {env.root} (missing: {', '.join(missing)}); run `{SETUP_COMMAND}"
+            + (f" --cache {base}" if cache else "") + "` (downloads about 172 MB once, then works offline)")
     return env
 
 
