@@ -190,7 +190,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     s = run(load_recipe(args.recipe), args.out, heads=args.heads, models=_model_entries(args) or None, backends=args.backends,
             methods=args.methods, threads=args.threads,
             runs=args.runs, peaks=not args.no_peaks, force=args.force, for_apps=args.for_apps, fp16=args.fp16,
-            numerics_images=args.numerics_images)
+            numerics_images=args.numerics_images, arm64=args.arm64)
     print(f"\nsummary: recipe {s.recipe}, float reference on {s.device}; "
           f"{s.stages_run} stages ran, {s.stages_reused} reused, {s.seconds:.0f} s")
     for head, ref in s.references.items():
@@ -464,6 +464,9 @@ def _add_run(sub, fmt) -> None:
                    help="also an fp16 artifact where a backend offers it beside another float default (tflite, executorch-vulkan)")
     p.add_argument("--numerics-images", type=int, default=8,
                    help="val images of each int8 artifact's per-layer comparison with its program (aspp-edge compare); 0: none")
+    p.add_argument("--arm64", nargs="?", const="cortex-a76,cortex-a710", default=None, metavar="CPUS",
+                   help="also run each .pte and .tflite on its aarch64 runtime under qemu (aspp-edge check-arm64) on these "
+                        "CPU models, comma-separated (alone: cortex-a76,cortex-a710); needs `aspp-edge setup-arm64` once")
     _model_options(p, several=True)
     p.set_defaults(func=_cmd_run)
 

@@ -101,7 +101,7 @@ def _kernel_summary(run) -> tuple[dict[str, int], str]:
             isas = k.ukernel_isas()
             named = f"; ukernels {len(k.ukernels)}: {', '.join(isas)}" if k.ukernels else ""
             parts.append(f"{k.library}: " + ", ".join(f"{c} {n}" for c, n in k.isa.items()) + named)
-    return total, " | ".join(parts) or "no kernel code seen"
+    return total, " + ".join(parts) or "no kernel code seen"
 
 
 def check_row(path: Path, backend: str, precision: str, mode: str, run, x86_raw: list[np.ndarray], to_logits,
