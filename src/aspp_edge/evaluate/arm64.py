@@ -110,7 +110,8 @@ def check_row(path: Path, backend: str, precision: str, mode: str, run, x86_raw:
     arm_raw = []
     for got, want in zip(run.outputs, x86_raw):
         if got.nbytes != want.nbytes:
-            raise AsppEdgeError(f"{path.name} on aarch64 returned {got.nbytes} bytes; x86 returned {want.nbytes} ({want.dtype}{list(want.shape)})")
+            raise AsppEdgeError(f"{path.name} on aarch64 returned {got.nbytes} bytes; x86 returned {want.nbytes} "
+                                f"({want.dtype}{list(want.shape)})")
         arm_raw.append(np.frombuffer(got.tobytes(), dtype=want.dtype).reshape(want.shape))
     arm = np.concatenate([to_logits(r) for r in arm_raw])
     x86 = np.concatenate([to_logits(r) for r in x86_raw])
@@ -138,7 +139,8 @@ def check_row(path: Path, backend: str, precision: str, mode: str, run, x86_raw:
     if not kernels_ok:
         row.failures.append(f"kernels: no {want_text} seen in the runtime's code ({kernel_line})")
     if row.agreement_vs_x86 < agree_min or row.sqnr_vs_x86_db < sqnr_min:
-        row.failures.append(f"vs x86: agreement {row.agreement_vs_x86:.4f} (min {agree_min}), SQNR {row.sqnr_vs_x86_db:.1f} dB (min {sqnr_min})")
+        row.failures.append(f"vs x86: agreement {row.agreement_vs_x86:.4f} (min {agree_min}), "
+                            f"SQNR {row.sqnr_vs_x86_db:.1f} dB (min {sqnr_min})")
     if row.sqnr_vs_float_db < FLOAT_FLOOR_DB:
         row.failures.append(f"vs float: SQNR {row.sqnr_vs_float_db:.1f} dB < {FLOAT_FLOOR_DB} dB (agreement {row.agreement_vs_float:.4f})")
     if row.nonfinite:
