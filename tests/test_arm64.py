@@ -199,3 +199,34 @@ def test_check_arm64_cli_fails_in_one_line_on_a_broken_artifact(quick_run, arm64
     out, err = capsys.readouterr()
     assert rc == 2 and "qemu-aarch64 (cortex-a76)" in out
     assert err.count("\n") == 1 and "1 of 1 aarch64 rows failed" in err and "vs float" in err
+
+
+def test_run_plans_an_arm64_stage_per_pte_and_tflite_only_when_asked(tmp_path):
+    from aspp_edge.config import load_recipe
+    from aspp_edge.pipeline.accuracy import AccuracyStages
+
+    recipe = load_recipe("quick")
+    common = dict(out=tmp_path, threads=1, runs=1, warmup=0, progress=False, numerics_images=0)
+    keys = [s.key for s in AccuracyStages(**common, arm64_cpus=("cortex-a76",)).model_stages(
+        HEAD, recipe, ["executorch", "tflite", "coreml"], ["ptq"])]
+    arm = sorted(k.rsplit("/", 1)[1] for k in keys if "/arm64/" in k)
+    assert arm == ["quick_sep_aspp_executorch_fp32.pte", "quick_sep_aspp_ptq_executorch_int8.pte",
+                   "quick_sep_aspp_ptq_tflite_int8.tflite", "quick_sep_aspp_tflite_fp32.tflite"]
+    plain = AccuracyStages(**common).model_stages(HEAD, recipe, ["executorch", "tflite"], ["ptq"])
+    assert not [s for s in plain if "/arm64/" in s.key]
+
+
+@pytest.mark.full
+def test_run_arm64_adds_the_stages_and_the_report_section(quick_run, arm64_env, tmp_path):
+    from aspp_edge.config import load_recipe
+    from aspp_edge.pipeline import run
+
+    out = tmp_path / "copy"  # a copy: the shared run stays as the other tests read it
+    shutil.copytree(quick_run, out)
+    summary = run(load_recipe("quick"), out, methods="ptq", runs=3, peaks=False, progress=False, numerics_images=0,
+                  backends="executorch,tflite", arm64="cortex-a76")
+    assert summary.stages_run == 4  # one arm64 stage per artifact; everything else reused
+    checked = {Path(r["path"]).name: r["arm64"] for r in summary.rows}
+    assert all(c and all(x["passed"] and x["cpu"] == "cortex-a76" for x in c) for c in checked.values()), checked
+    report = (out / "report.md").read_text()
+    assert "## On the phone's instruction set" in report and report.count("qemu-aarch64 (cortex-a76)") == 5

@@ -286,7 +286,7 @@ def _cmd_check_arm64(args: argparse.Namespace) -> None:
     for line in arm64.summary_lines(rows):
         print(line)
     if args.json:
-        arm64.write_json(rows, args.json)
+        arm64.write_json(rows, args.json, cache=args.cache)
         print(f"json: {args.json}")
     failed = [r for r in rows if not r.passed]
     if failed:

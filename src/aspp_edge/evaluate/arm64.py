@@ -238,10 +238,13 @@ def summary_lines(rows: list[Arm64Row]) -> list[str]:
     return out
 
 
-def write_json(rows: list[Arm64Row], path: str | Path, *, setup: dict | None = None) -> None:
+def write_json(rows: list[Arm64Row], path: str | Path, *, cache: str | Path | None = None) -> None:
+    """The rows with what made them: provenance, the aarch64 environment's pinned versions and its build record."""
     from ..fileio import write_text_atomic
-    from ..runtime.arm64.env import VERSIONS
+    from ..runtime.arm64.env import VERSIONS, find_env
     from .report import provenance
+
+    setup = json.loads((find_env(cache).root / "ready.json").read_text())
 
     write_text_atomic(path, json.dumps({"provenance": provenance(), "arm64_versions": VERSIONS, "setup": setup,
                                         "thresholds": {"agree_x86": AGREE_X86, "sqnr_x86_db": SQNR_X86_DB,
