@@ -19,6 +19,7 @@ The cache is `$ASPP_EDGE_ARM64_CACHE`, else `~/.cache/aspp-edge/arm64`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -250,15 +251,24 @@ def build_et_run(root: Path) -> Path:
 def ensure_env(cache: str | Path | None = None, *, progress: bool = True) -> tuple[Arm64Env, dict]:
     """Build the environment if it is not built (downloading what is not cached). Returns it and a summary:
     seconds, bytes downloaded, bytes on disk."""
+    base = Path(cache) if cache else cache_dir()
+    env = Arm64Env(base / pins_digest())
+    if not env.missing():
+        return env, {"built": False, "seconds": 0.0, "downloaded_bytes": 0, "root": str(env.root)}
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".lock", "w") as lock:  # one builder at a time (pytest-xdist workers, parallel shells)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not env.missing():  # another process built it while this one waited
+            return env, {"built": False, "seconds": 0.0, "downloaded_bytes": 0, "root": str(env.root)}
+        return env, _build(env, base, progress)
+
+
+def _build(env: Arm64Env, base: Path, progress: bool) -> dict:
     import time
 
     from ...console import progress_bar
 
-    base = Path(cache) if cache else cache_dir()
-    env = Arm64Env(base / pins_digest())
     start = time.monotonic()
-    if not env.missing():
-        return env, {"built": False, "seconds": 0.0, "downloaded_bytes": 0, "root": str(env.root)}
     if shutil.which("dpkg-deb") is None:
         raise Arm64EnvMissing("setting up the aarch64 environment needs dpkg-deb (Debian's dpkg package) to unpack .debs")
     bar = progress_bar(total=len(PINS) + 3, desc="setup-arm64", disable=not progress)
@@ -306,4 +316,4 @@ def ensure_env(cache: str | Path | None = None, *, progress: bool = True) -> tup
         raise
     finally:
         bar.close()
-    return env, summary
+    return summary
