@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AsppEdgeError
+from ..errors import AsppEdgeError, choices_error
 from ..metrics import logits_sqnr_db, pixel_agreement
 
 AGREE_X86 = 0.99
@@ -32,6 +32,7 @@ FP16_AGREE_X86 = 0.98
 FP16_SQNR_X86_DB = 20.0
 FLOAT_FLOOR_DB = 10.0
 DEFAULT_IMAGES = 4
+ARM64_BACKENDS = ("executorch", "tflite")  # the backends whose aarch64 runtimes the environment holds
 
 
 @dataclass
@@ -165,10 +166,9 @@ def check_arm64(artifacts: list[str | Path], *, recipe=None, checkpoint: str | P
 
     paths = [runtime.check_artifact(p) for p in artifacts]
     for p in paths:
-        if p.suffix not in (".pte", ".tflite"):
-            raise AsppEdgeError(f"{p.name}: check-arm64 runs .pte (ExecuTorch XNNPACK) and .tflite (LiteRT) artifacts; "
-                                f"valid suffixes: .pte, .tflite")
         read_manifest(p)
+        if (backend := backend_for(p).name) not in ARM64_BACKENDS:  # a Core ML or Vulkan .pte has no aarch64 Linux runtime here
+            raise choices_error(f"backend for check-arm64 ({p.name})", backend, ARM64_BACKENDS, cls=AsppEdgeError)
     if images < 1:
         raise AsppEdgeError(f"--images must be at least 1; got {images}")
     env = arm64.find_env(cache)
@@ -176,8 +176,6 @@ def check_arm64(artifacts: list[str | Path], *, recipe=None, checkpoint: str | P
     known = env.cpus()
     for cpu in cpus:
         if cpu not in known:
-            from ..errors import choices_error
-
             raise choices_error("--cpu", cpu, known)
     refs: dict[Path, Any] = {}
     plan = []

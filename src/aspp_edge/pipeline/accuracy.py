@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Recipe
+from ..evaluate.arm64 import ARM64_BACKENDS
 from ..fileio import atomic_path
 from ..formats import artifact_name, get_backend, manifest_path
 from ..stages import Stage
@@ -260,9 +261,6 @@ def samples(out: Path, recipe: Recipe, head: str, rows: list[dict[str, Any]]) ->
 
 
 NUMERICS_BACKENDS = ("executorch", "tflite", "coreml")  # the backends whose intermediate tensors `compare` reads
-
-
-ARM64_BACKENDS = ("executorch", "tflite")  # the backends with aarch64 runtimes `check-arm64` runs
 
 
 def arm64_path(model_dir: Path, artifact_name: str) -> Path:

@@ -49,14 +49,14 @@ class Arm64Run:
         return f"qemu-aarch64 ({self.cpu})"
 
 
-def _qemu(env: Arm64Env, cpu: str, trace: Path, argv: list[str], extra_env: dict[str, str]) -> subprocess.CompletedProcess:
+def _qemu(env: Arm64Env, cpu: str, trace: Path, argv: list[str], extra_env: dict[str, str], what: str) -> subprocess.CompletedProcess:
     cmd = [str(env.qemu), "-L", str(env.sysroot), "-cpu", cpu, "-d", "in_asm", "-D", str(trace)]
     for k, v in extra_env.items():
         cmd += ["-E", f"{k}={v}"]
     try:
         return subprocess.run(cmd + argv, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
-        raise AsppEdgeError(f"{Path(argv[-5] if len(argv) > 5 else argv[0]).name} did not finish under qemu in {TIMEOUT_S} s") from exc
+        raise AsppEdgeError(f"{what} did not finish under qemu ({cpu}) in {TIMEOUT_S} s") from exc
 
 
 def _check_cpu(env: Arm64Env, cpu: str) -> None:
@@ -80,7 +80,7 @@ def run_artifact(env: Arm64Env, path: str | Path, inputs: list[np.ndarray], *, c
             for i, x in enumerate(inputs):
                 np.ascontiguousarray(x).tofile(tmp / f"in{i}.bin")
             done = _qemu(env, cpu, trace, [str(env.et_run), str(path.resolve()), str(len(inputs)), str(tmp / "in"), str(tmp / "out")],
-                         {"LD_LIBRARY_PATH": str(env.et_lib)})
+                         {"LD_LIBRARY_PATH": str(env.et_lib)}, path.name)
             if done.returncode != 0:
                 raise AsppEdgeError(f"{path.name} failed on the aarch64 ExecuTorch runtime ({cpu}): "
                                     + " ".join((done.stderr.strip() or done.stdout.strip()).splitlines()[-2:]))
@@ -99,7 +99,7 @@ def run_artifact(env: Arm64Env, path: str | Path, inputs: list[np.ndarray], *, c
             for i, x in enumerate(inputs):
                 np.save(tmp / f"in{i}.npy", x)
             done = _qemu(env, cpu, trace, [str(env.python), str(WORKER), str(path.resolve()), str(len(inputs)), str(tmp / "in"),
-                                           str(tmp / "out"), mode, str(threads)], {"PYTHONPATH": str(env.site)})
+                                           str(tmp / "out"), mode, str(threads)], {"PYTHONPATH": str(env.site)}, path.name)
             if done.returncode != 0:
                 raise AsppEdgeError(f"{path.name} failed on the aarch64 ai-edge-litert ({cpu}, {mode}): "
                                     + " ".join(done.stderr.strip().splitlines()[-2:]))
