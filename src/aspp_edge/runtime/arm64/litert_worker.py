@@ -85,9 +85,18 @@ def main(argv):
         interp.invoke()
         np.save(f"{out_prefix}{i}.npy", interp.get_tensor(out["index"]))
     ops = interp._get_ops_details()  # noqa: SLF001 - the Interpreter's only per-op view
+    # an op runs outside the delegate when its output feeds a partition without coming out of one
+    # (the reading runtime.litert.xnnpack_delegation makes on x86)
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    into = {int(t) for op in delegates for t in op["inputs"]}
+    out_of = {int(t) for op in delegates for t in op["outputs"]}
+    outside = {}
+    for op in ops:
+        outputs = {int(t) for t in op["outputs"]}
+        if op["op_name"] != "DELEGATE" and (not delegates or (outputs & into and not outputs & out_of)):
+            outside[op["op_name"]] = outside.get(op["op_name"], 0) + 1
     print(json.dumps({
-        "ran": count, "mode": mode, "ops": len(ops), "delegate_partitions": sum(op["op_name"] == "DELEGATE" for op in ops),
-        "ops_outside": sorted({op["op_name"] for op in ops if op["op_name"] != "DELEGATE"}),
+        "ran": count, "mode": mode, "ops": len(ops), "delegate_partitions": len(delegates), "ops_outside": outside,
         "delegate_flags": None if delegate is None else delegate.flags,
         "default_flags": None if delegate is None else delegate.default_flags,
         "hwcap": _hwcaps(), "maps": _maps()}))
