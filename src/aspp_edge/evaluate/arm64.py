@@ -120,6 +120,9 @@ def check_row(path: Path, backend: str, precision: str, mode: str, run, x86_raw:
     steps = int(max(np.abs(a.astype(np.int64) - b.astype(np.int64)).max() for a, b in zip(arm_raw, x86_raw))) if integer else None
     finite = np.isfinite(arm)
     total, kernel_line = _kernel_summary(run)
+    if outside := run.details.get("ops_outside"):  # the runtime's builtin kernels ran these: said, not failed
+        kernel_line += f"; {run.details['delegate_partitions']} XNNPACK partitions, outside them (builtin kernels): " + ", ".join(
+            f"{name} {n}" for name, n in sorted(outside.items()))
     want, want_text = expected_kernels(precision, mode, run.features)
     kernels_ok = any(total.get(c, 0) > 0 for c in want)
     if backend == "tflite" and mode != "builtin" and not run.details.get("delegate_partitions"):
