@@ -213,7 +213,8 @@ def _fetch(pins: list[Pin], downloads: Path, progress) -> int:
                    "--platform", "manylinux2014_aarch64", "-r", str(reqs), "-d", tmp]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
-                raise Arm64EnvMissing(f"pip could not download the aarch64 wheels: {done.stderr.strip().splitlines()[-1:]}")
+                last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+                raise Arm64EnvMissing(f"pip could not download the aarch64 wheels ({', '.join(p.requirement for p in wheels)}): {last}")
             for p in wheels:
                 shutil.move(str(Path(tmp) / p.name), downloads / p.name)
                 fetched += (downloads / p.name).stat().st_size
