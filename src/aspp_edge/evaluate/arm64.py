@@ -158,7 +158,7 @@ def check_arm64(artifacts: list[str | Path], *, recipe=None, checkpoint: str | P
                 progress: bool = True) -> list[Arm64Row]:
     """Each .pte / .tflite on aarch64 under qemu with every CPU model in `cpus`, against its x86 run and the
     float model on `images` val images. `fp16`: float .tflite artifacts also run with XNNPACK's fp16
-    inference forced (on the CPU models with fp16 arithmetic)."""
+    inference forced (on a CPU model without fp16 arithmetic that row expects NEON fp32 kernels)."""
     from .. import runtime
     from ..checkpoint import load_model
     from ..console import progress_bar
