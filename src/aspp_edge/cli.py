@@ -190,7 +190,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     s = run(load_recipe(args.recipe), args.out, heads=args.heads, models=_model_entries(args) or None, backends=args.backends,
             methods=args.methods, threads=args.threads,
             runs=args.runs, peaks=not args.no_peaks, force=args.force, for_apps=args.for_apps, fp16=args.fp16,
-            numerics_images=args.numerics_images)
+            numerics_images=args.numerics_images, arm64=args.arm64)
     print(f"\nsummary: recipe {s.recipe}, float reference on {s.device}; "
           f"{s.stages_run} stages ran, {s.stages_reused} reused, {s.seconds:.0f} s")
     for head, ref in s.references.items():
@@ -260,6 +260,38 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     if args.json:
         numerics.write_json(results, args.json)
         print(f"json: {args.json}")
+
+
+def _cmd_setup_arm64(args: argparse.Namespace) -> None:
+    from .runtime.arm64 import ensure_env
+
+    env, summary = ensure_env(args.cache)
+    if not summary["built"]:
+        print(f"the aarch64 environment is ready at {env.root} (nothing to do)")
+        return
+    print(f"the aarch64 environment is ready at {env.root}: built in {summary['seconds']:.0f} s, "
+          f"{summary['downloaded_bytes'] / 1e6:.0f} MB downloaded (cached in {env.root.parent / 'downloads'}), "
+          f"{summary['disk_bytes'] / 1e6:.0f} MB on disk")
+    print("qemu CPU models: " + ", ".join(env.cpus()))
+
+
+def _cmd_check_arm64(args: argparse.Namespace) -> None:
+    from .config import load_recipe
+    from .evaluate import arm64
+
+    rows = arm64.check_arm64(args.artifacts, recipe=load_recipe(args.recipe) if args.recipe else None, checkpoint=args.checkpoint,
+                             images=args.images, cpus=[c for c in args.cpu.split(",") if c], fp16=not args.no_fp16, cache=args.cache)
+    print(arm64.table(rows))
+    print()
+    for line in arm64.summary_lines(rows):
+        print(line)
+    if args.json:
+        arm64.write_json(rows, args.json, cache=args.cache)
+        print(f"json: {args.json}")
+    failed = [r for r in rows if not r.passed]
+    if failed:
+        raise AsppEdgeError(f"{len(failed)} of {len(rows)} aarch64 rows failed: "
+                            + "; ".join(f"{r.artifact.rsplit('/', 1)[-1]} ({r.cpu}, {r.mode}): {r.failures[0]}" for r in failed[:3]))
 
 
 def _cmd_bench_device(args: argparse.Namespace) -> None:
@@ -432,6 +464,9 @@ def _add_run(sub, fmt) -> None:
                    help="also an fp16 artifact where a backend offers it beside another float default (tflite, executorch-vulkan)")
     p.add_argument("--numerics-images", type=int, default=8,
                    help="val images of each int8 artifact's per-layer comparison with its program (aspp-edge compare); 0: none")
+    p.add_argument("--arm64", nargs="?", const="cortex-a76,cortex-a710", default=None, metavar="CPUS",
+                   help="also run each .pte and .tflite on its aarch64 runtime under qemu (aspp-edge check-arm64) on these "
+                        "CPU models, comma-separated (alone: cortex-a76,cortex-a710); needs `aspp-edge setup-arm64` once")
     _model_options(p, several=True)
     p.set_defaults(func=_cmd_run)
 
@@ -481,6 +516,25 @@ def _add_compare(sub, fmt) -> None:
     p.add_argument("--top", type=int, default=None, help="print only the N worst layers")
     p.add_argument("--json", default=None, help="also write every layer's figures to this JSON file")
     p.set_defaults(func=_cmd_compare)
+
+
+def _add_arm64(sub, fmt) -> None:
+    p = sub.add_parser("setup-arm64", help="build the aarch64 environment check-arm64 runs in (qemu-user, an arm64 sysroot, "
+                       "the aarch64 ExecuTorch and LiteRT builds): pinned downloads, once", formatter_class=fmt)
+    p.add_argument("--cache", default=None, help="cache folder (default: $ASPP_EDGE_ARM64_CACHE, else ~/.cache/aspp-edge/arm64)")
+    p.set_defaults(func=_cmd_setup_arm64)
+    p = sub.add_parser("check-arm64", help="run .pte / .tflite artifacts on the aarch64 runtimes under qemu and compare them "
+                       "with their x86 run and the float model", formatter_class=fmt)
+    p.add_argument("artifacts", nargs="+", help=".pte and .tflite files (with their manifests)")
+    p.add_argument("--recipe", default=None, help="recipe whose val images to use (default: the one stored in the checkpoint)")
+    p.add_argument("--checkpoint", default=None, help="float checkpoint (default: the run's float.pt matching the manifest's sha256)")
+    p.add_argument("--images", type=int, default=4, help="val images to run")
+    p.add_argument("--cpu", default="cortex-a76,cortex-a710", help="qemu CPU models, comma-separated (cortex-a76: dot product "
+                   "and fp16 arithmetic; cortex-a710: also i8mm)")
+    p.add_argument("--no-fp16", action="store_true", help="do not also run float .tflite artifacts with XNNPACK's fp16 inference forced")
+    p.add_argument("--cache", default=None, help="the aarch64 environment's cache folder (see setup-arm64)")
+    p.add_argument("--json", default=None, help="also write the rows, kernels and provenance to this JSON file")
+    p.set_defaults(func=_cmd_check_arm64)
 
 
 def _add_bench(sub, fmt) -> None:
@@ -544,6 +598,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _add_sweep(sub, fmt)
     _add_eval(sub, fmt)
     _add_compare(sub, fmt)
+    _add_arm64(sub, fmt)
     _add_bench(sub, fmt)
     _add_bench_device(sub, fmt)
     _add_demo(sub, fmt)

@@ -366,6 +366,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## int8 artifacts of one program, backend against backend (argmax agreement on the val split)", ""] + cross + [""]
     lines += numerics_section(rows, with_head=len(heads) > 1)
     lines += islands_section(rows, with_head=len(heads) > 1)
+    lines += arm64_section(rows, with_head=len(heads) > 1)
     if report["runtime_peaks"]:
         lines += ["## Runtime throughput reference (four 256->256 1x1 convolutions at 64x64)", "",
                   "| runtime | GMAC/s | median ms | threads |", "|---|---|---|---|"]
@@ -428,6 +429,27 @@ def numerics_section(rows: list[dict[str, Any]], *, with_head: bool) -> list[str
         out_db = n["output_sqnr_vs_program_db"]
         out_db = out_db if isinstance(out_db, str) else f"{out_db:.1f}"
         lines.append(f"| {label(r, with_head)} | {worst} | {n['leaves_at'] or 'nowhere'} | {out_db} | {matched} | {n['matched_by']} |")
+    return lines + [""]
+
+
+def arm64_section(rows: list[dict[str, Any]], *, with_head: bool) -> list[str]:
+    """Each .pte / .tflite on its aarch64 runtime under qemu against its x86 run (the run's arm64 stages)."""
+    found = [r for r in rows if r.get("arm64")]
+    if not found:
+        return []
+    lines = ["## On the phone's instruction set (aarch64 runtimes under qemu, `aspp-edge check-arm64`)", "",
+             "Each artifact in the aarch64 build of its runtime, under qemu-user with a phone-class CPU model, against the same "
+             "artifact's x86 run and the float model on val images; the kernels column is the code qemu executed in the runtime's "
+             "libraries (`evaluate/arm64.py`). No latency: emulated time is not phone time.", "",
+             "| artifact | evaluated_by | mode | agreement vs x86 | SQNR vs x86 dB | SQNR vs float dB | kernels | pass |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in found:
+        for c in r["arm64"]:
+            db = lambda v: v if isinstance(v, str) else f"{v:.1f}"  # noqa: E731 - "inf" is stored as a string
+            sq = "identical" if c["identical_to_x86"] else db(c["sqnr_vs_x86_db"])
+            verdict = "yes" if c["passed"] else "NO: " + "; ".join(c["failures"])
+            lines.append(f"| {label(r, with_head)} | {c['evaluated_by']} | {c['mode']} | {c['agreement_vs_x86']:.4f} | {sq} | "
+                         f"{db(c['sqnr_vs_float_db'])} | {c['kernels']} | {verdict} |")
     return lines + [""]
 
 

@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 
 from ..config import Recipe
+from ..evaluate.arm64 import ARM64_BACKENDS
 from ..fileio import atomic_path
 from ..formats import artifact_name, get_backend, manifest_path
 from ..stages import Stage
 from .common import add_peak_fraction, read_peaks
 
 # Bump when a stage's code changes what it writes, so old outputs are not reused.
-STAGE_VERSIONS = {"float": 1, "quantize": 2, "export": 1, "eval": 4, "reference": 2, "numerics": 1}
+STAGE_VERSIONS = {"float": 1, "quantize": 2, "export": 1, "eval": 4, "reference": 2, "numerics": 1, "arm64": 1}
 
 
 def mixed_settings(recipe: Recipe) -> dict[str, Any]:
@@ -55,6 +56,8 @@ class AccuracyStages:
     warmup: int
     progress: bool
     numerics_images: int = 8  # val images `compare` runs per int8 artifact (0: no numerics stages)
+    arm64_cpus: tuple[str, ...] = ()  # qemu CPU models each .pte / .tflite runs on in its aarch64 runtime (none: no arm64 stages)
+    arm64_images: int = 4
     results: list[Path] = field(default_factory=list)  # every eval stage's result, in plan order
     _references: dict[Path, Any] = field(default_factory=dict)
     _float_sources: dict[Path, Any] = field(default_factory=dict)
@@ -119,7 +122,22 @@ class AccuracyStages:
                                                                          "images": self.numerics_images}, [found],
                                         lambda a=artifact, f=found, m=method: self.numerics(recipe, a, programs[m], ckpt, f),
                                         upstream={"artifact": export_key, "program": source_key, "float": float_key}))
+                if self.arm64_cpus and backend in ARM64_BACKENDS:
+                    found = arm64_path(hdir, filename)
+                    stages.append(Stage(f"{head}/arm64/{filename}", {"v": STAGE_VERSIONS["arm64"], "data": conf["data"],
+                                                                      "cpus": list(self.arm64_cpus), "images": self.arm64_images},
+                                        [found], lambda a=artifact, f=found: self.arm64(recipe, a, ckpt, f),
+                                        upstream={"artifact": export_key, "float": float_key}))
         return stages
+
+    def arm64(self, recipe: Recipe, artifact: Path, ckpt: Path, path: Path) -> None:
+        """One artifact on its aarch64 runtime under qemu, per CPU model, against x86 and the float model
+        (`aspp-edge check-arm64`); a failing row is recorded, not raised (the report says it)."""
+        from ..evaluate.arm64 import check_arm64
+
+        rows = check_arm64([artifact], checkpoint=ckpt, recipe=recipe, images=self.arm64_images, cpus=self.arm64_cpus, progress=False)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps([r.to_dict() for r in rows], indent=1))
 
     def numerics(self, recipe: Recipe, artifact: Path, program: Path, ckpt: Path, path: Path) -> None:
         """Per-layer numerics of one int8 artifact against its program and the float model (`aspp-edge compare`)."""
@@ -248,6 +266,20 @@ def samples(out: Path, recipe: Recipe, head: str, rows: list[dict[str, Any]]) ->
 NUMERICS_BACKENDS = ("executorch", "tflite", "coreml")  # the backends whose intermediate tensors `compare` reads
 
 
+def arm64_path(model_dir: Path, artifact_name: str) -> Path:
+    return model_dir / "arm64" / f"{artifact_name}.json"
+
+
+def arm64_summary(out: Path, row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A row's aarch64 checks from its arm64 stage: per CPU model and mode, agreement with x86 and the verdict."""
+    path = arm64_path(out / row["head"], Path(row["path"]).name)
+    if not path.is_file():
+        return None
+    keep = ("cpu", "mode", "evaluated_by", "runtime", "agreement_vs_x86", "sqnr_vs_x86_db", "max_steps_vs_x86", "identical_to_x86",
+            "agreement_vs_float", "sqnr_vs_float_db", "nonfinite", "kernels", "kernels_ok", "passed", "failures")
+    return [{k: r[k] for k in keep} for r in json.loads(path.read_text())]
+
+
 def numerics_path(model_dir: Path, artifact_name: str) -> Path:
     return model_dir / "numerics" / f"{artifact_name}.json"
 
@@ -277,6 +309,8 @@ def collect(out: Path, keys: list[str], results: list[Path], *, peaks: bool):
     for row in rows:
         if (found := numerics_summary(out, row)) is not None:
             row["numerics"] = found
+        if (checks := arm64_summary(out, row)) is not None:
+            row["arm64"] = checks
     references = {key: json.loads((out / key / "reference.json").read_text()) for key in keys}
     cross_backend(rows, out)
     peak_figures = read_peaks(out) if peaks else None

@@ -120,6 +120,7 @@ def run(
     for_apps: str | Path | None = None,
     fp16: bool = False,
     numerics_images: int = 8,
+    arm64: str | list[str] | None = None,
 ) -> RunSummary:
     """Every stage for each model asked for (`heads`: built-in heads, 'all' for the ablation; `models`:
     brought models), into one report. Neither given: the recipe's own model. `methods`: ptq, qat
@@ -127,7 +128,9 @@ def run(
     `mixed_settings`). `fp16`: also an fp16 artifact from each backend that offers fp16 beside
     another float default (tflite, executorch-vulkan). A recipe with `deploy:` also times each
     model's architecture at the deploy size (`latency.deploy_plan`), reported apart. `numerics_images`:
-    val images each int8 artifact's per-layer comparison with its program runs (`evaluate.numerics`; 0: none)."""
+    val images each int8 artifact's per-layer comparison with its program runs (`evaluate.numerics`; 0: none).
+    `arm64`: qemu CPU models (comma-separated) each .pte and .tflite also runs on in its aarch64 runtime
+    (`evaluate.arm64`; the environment must be set up: `aspp-edge setup-arm64`)."""
     started = time.perf_counter()
     entries = plan_models(recipe, heads, models)
     backends = parse_backends(backends)  # 'all' and the default: the registry's default set; opt-in backends are named
@@ -140,7 +143,17 @@ def run(
              f"backends {','.join(backends)}; methods {','.join(methods)}")
     if numerics_images < 0:
         raise ConfigError(f"--numerics-images must be 0 (no per-layer comparison) or more; got {numerics_images}")
-    accuracy = AccuracyStages(out=out, threads=threads, runs=runs, warmup=warmup, progress=progress, numerics_images=numerics_images)
+    arm64_cpus = tuple(c for c in (arm64.split(",") if isinstance(arm64, str) else arm64 or []) if c)
+    if arm64_cpus:
+        from ..errors import choices_error
+        from ..runtime.arm64 import find_env
+
+        known = find_env().cpus()  # refuse before the run, not after it
+        for cpu in arm64_cpus:
+            if cpu not in known:
+                raise choices_error("--arm64 CPU model", cpu, known)
+    accuracy = AccuracyStages(out=out, threads=threads, runs=runs, warmup=warmup, progress=progress, numerics_images=numerics_images,
+                              arm64_cpus=arm64_cpus)
     deploy_stages, deploy_collect = deploy_plan(entries, backends, out, threads=threads) if recipe.deploy is not None else ([], None)
     book.run_plan(plan(entries, backends, methods, accuracy, peaks=peaks, fp16=fp16, deploy=deploy_stages))
 
