@@ -110,20 +110,19 @@ def fold_hardsigmoid_into_conv(gm: GraphModule) -> list[str]:
     return done
 
 
-def _unit_affine_conv(gm: GraphModule, node: Node, stem: str) -> Node:
-    """A 1x1 depthwise conv computing x / 6 + 1/2 of `node`'s 4-D input, inserted before `node`."""
-    val = node.args[0].meta["val"]
+def _depthwise_1x1(gm: GraphModule, src: Node, at: Node, *, scale: float, shift: float, stem: str) -> Node:
+    """A 1x1 depthwise conv computing src * scale + shift of the 4-D `src`, inserted before `at`, in
+    `at`'s module (the layer it computes belongs there); its weight and bias are buffers `<stem>_*`."""
+    val = src.meta["val"]
     channels = int(val.shape[1])
-    gm.register_buffer(f"{stem}_weight", torch.full((channels, 1, 1, 1), 1.0 / 6.0))
-    gm.register_buffer(f"{stem}_bias", torch.full((channels,), 0.5))
-    with gm.graph.inserting_before(node):
+    gm.register_buffer(f"{stem}_weight", torch.full((channels, 1, 1, 1), scale))
+    gm.register_buffer(f"{stem}_bias", torch.full((channels,), shift))
+    with gm.graph.inserting_before(at):
         weight, bias = gm.graph.get_attr(f"{stem}_weight"), gm.graph.get_attr(f"{stem}_bias")
-        conv = gm.graph.call_function(torch.ops.aten.conv2d.default, (node.args[0], weight, bias, [1, 1], [0, 0], [1, 1], channels))
+        conv = gm.graph.call_function(torch.ops.aten.conv2d.default, (src, weight, bias, [1, 1], [0, 0], [1, 1], channels))
     weight.meta["val"], bias.meta["val"] = val.new_empty((channels, 1, 1, 1)), val.new_empty((channels,))
     conv.meta["val"] = val.new_empty(tuple(val.shape))
-    for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):  # the layer it computes belongs to the hardsigmoid's module
-        if key in node.meta:
-            conv.meta[key] = node.meta[key]
+    conv.meta.update({k: v for k, v in at.meta.items() if k in ("nn_module_stack", "stack_trace", "source_fn_stack")})
     return conv
 
 
@@ -138,7 +137,7 @@ def hardsigmoid_as_unit_conv(gm: GraphModule) -> list[str]:
         val = src.meta.get("val") if isinstance(src, Node) else None
         if val is None or val.dim() != 4:
             continue
-        conv = _unit_affine_conv(gm, node, f"_hardsigmoid_affine_{len(done)}")
+        conv = _depthwise_1x1(gm, src, node, scale=1.0 / 6.0, shift=0.5, stem=f"_hardsigmoid_affine_{len(done)}")
         node.target, node.args, node.kwargs = torch.ops.aten.hardtanh.default, (conv, 0.0, 1.0), {}
         done.append(node.name)
     if done:
@@ -189,16 +188,7 @@ def requantize_gates_before_cat(gm: GraphModule) -> list[str]:
             val = src.meta.get("val") if isinstance(src, Node) else None
             if val is None or val.dim() != 4 or not _from_gate(src):
                 continue
-            channels, stem = int(val.shape[1]), f"_gate_requantize_{len(done)}_{i}"
-            gm.register_buffer(f"{stem}_weight", torch.ones((channels, 1, 1, 1)))
-            gm.register_buffer(f"{stem}_bias", torch.zeros((channels,)))
-            with gm.graph.inserting_before(cat):
-                weight, bias = gm.graph.get_attr(f"{stem}_weight"), gm.graph.get_attr(f"{stem}_bias")
-                conv = gm.graph.call_function(torch.ops.aten.conv2d.default, (src, weight, bias, [1, 1], [0, 0], [1, 1], channels))
-            weight.meta["val"], bias.meta["val"] = val.new_empty((channels, 1, 1, 1)), val.new_empty((channels,))
-            conv.meta.update({k: v for k, v in cat.meta.items() if k in ("nn_module_stack", "stack_trace", "source_fn_stack")})
-            conv.meta["val"] = val
-            inputs[i] = conv
+            inputs[i] = _depthwise_1x1(gm, src, cat, scale=1.0, shift=0.0, stem=f"_gate_requantize_{len(done)}_{i}")
         if any(a is not b for a, b in zip(inputs, cat.args[0])):
             cat.args = (inputs, *cat.args[1:])
             done.append(cat.name)
