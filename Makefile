@@ -30,7 +30,7 @@ test: $(STAMP)
 
 # The full tier (what CI runs): the fast tier plus the tests marked `full`.
 test-full: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m 'not slow' $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow" --durations=25 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

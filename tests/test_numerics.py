@@ -71,8 +71,11 @@ def test_clean_artifact_stays_with_its_program(quick_run, backend, suffix):
     assert result.leaves_at is None, numerics.table([result])
     first = result.rows[0]
     # the first conv differs by rounding only: at most one step (measured 64 dB LiteRT; 49 dB Core ML,
-    # whose image input takes whole pixel values and whose program computes in fp16)
-    assert first["sqnr_vs_program"] > 45 and first["max_steps"] <= 1, first
+    # whose image input takes whole pixel values and whose program computes in fp16). Core ML holds
+    # the dequantized int8 value in fp16, whose spacing near 255 steps from the zero point is
+    # 255 * 2**-11 = 0.125 steps: its bound is one step plus that (1.05 measured on an AVX2 machine's model)
+    bound = 1 + (255 * 2**-11 if backend == "coreml" else 0)
+    assert first["sqnr_vs_program"] > 45 and first["max_steps"] <= bound, first
     worst = min(r["sqnr_vs_program"] for r in result.rows)
     assert worst >= CLEAN_FLOOR_DB, numerics.table([result])
     assert result.output_sqnr_vs_program > 25

@@ -9,6 +9,10 @@ imported here: it pulls in torchao and ExecuTorch's quantizer, which the float m
 evaluation and the runners do not need.
 """
 
+from . import kernels
+
+kernels.pin()  # before torch's first CPU op: one kernel ISA, so seeded training repeats across machines
+
 from .config import PTQConfig, QATConfig, Recipe, load_recipe
 from .errors import AsppEdgeError, CheckpointError, ConfigError, DatasetError
 from .models import create_model, list_heads, list_models

@@ -8,11 +8,12 @@ sharded across ranks and its confusion matrices are summed.
 Reproducible for a given seed wherever torch allows: the seed fixes the initial weights, the data
 order and each epoch's augmentation; training runs with torch's deterministic algorithms (CUDA ops
 without one warn, into the run's log) and, where the recipe says, a fixed thread count. What torch
-cannot make equal is the arithmetic of different machines: the weights after one epoch of the
-default model differ bit-wise between 1 and 2 threads, and between oneDNN's AVX-512 and AVX2
-kernels (`ONEDNN_MAX_CPU_ISA=AVX2`) on the same CPU, and training amplifies such last-bit
-differences into a different model. The checkpoint records what it was trained with
-(`determinism`); the same seed, threads, kernels' ISA and versions give the same weights.
+cannot make equal by itself is the arithmetic of different machines: the weights after one epoch
+of the default model differ bit-wise between 1 and 2 threads, and between oneDNN's AVX-512 and
+AVX2 kernels on the same CPU, and training amplifies such last-bit differences into a different
+model. So the recipe fixes the thread count (`train.threads`) and `aspp_edge.kernels` pins torch's
+CPU kernels to AVX2 on every x86-64 machine that has it. The checkpoint records what it was trained
+with (`determinism`); the same seed, threads, kernels' ISA and versions give the same weights.
 
 Files in `out_dir`:
     last.pt   resume state (model, optimizer, scheduler, epoch, history, recipe)
