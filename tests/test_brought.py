@@ -391,9 +391,16 @@ BACKENDS = ("executorch", "tflite", "coreml")
 
 # make test takes the factory's PTQ program to every backend; the full tier its QAT program (~90 s)
 # and the three others (their MobileNetV3-Large / MobileNetV2 lowerings cost 1.5-4 minutes a test)
+def _brought_tier(source: str, method: str):
+    """make test: the factory model's PTQ; the full tier: every source's PTQ and the factory model's QAT;
+    the torchvision/SMP QAT cases (4-7 minutes each on a slow 2-core machine) only with -m slow."""
+    if (source, method) == ("factory", "ptq"):
+        return ()
+    return pytest.mark.full if method == "ptq" or source == "factory" else pytest.mark.slow
+
+
 @pytest.mark.parametrize("source, args, method", [
-    pytest.param(*p.values, m, marks=() if (p.id, m) == ("factory", "ptq") else pytest.mark.full, id=f"{p.id}-{m}")
-    for p in BROUGHT for m in ("ptq", "qat")])
+    pytest.param(*p.values, m, marks=_brought_tier(p.id, m), id=f"{p.id}-{m}") for p in BROUGHT for m in ("ptq", "qat")])
 def test_brought_model_to_every_backend(source, args, method, brought, tmp_path):
     results, q = _exports(brought, source, args, method, BACKENDS, tmp_path)
     classes = _float_classes(brought, source, args)

@@ -237,7 +237,7 @@ def test_qat_select_best_never_returns_a_program_worse_than_its_start(quick_reci
     assert last["step"] == 4 and last["sqnr_db"] < best["sqnr_db"] - 3.0 and last["kl"] > best["kl"], (best, last)
 
 
-@pytest.mark.full
+@pytest.mark.slow  # 11.5 minutes on a slow 2-core machine: the full tier's QAT checks are the ones above
 def test_qat_recovers_what_per_tensor_ptq_loses(tmp_path, quick_recipe):
     """Issue 37's recovery case, small: a quick-data model at width 0.5 trained 16 epochs (LR 0.02,
     CE + Dice, 2 threads) loses 3.05 points of val mIoU to per-tensor PTQ (SQNR 15.5 dB; per-channel:
