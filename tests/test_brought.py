@@ -389,11 +389,10 @@ def _check_manifest(manifest, source, args):
 BACKENDS = ("executorch", "tflite", "coreml")
 
 
-# make test takes the factory's PTQ program to every backend; the full tier its QAT program (~90 s)
-# and the three others (their MobileNetV3-Large / MobileNetV2 lowerings cost 1.5-4 minutes a test)
 def _brought_tier(source: str, method: str):
-    """make test: the factory model's PTQ; the full tier: every source's PTQ and the factory model's QAT;
-    the torchvision/SMP QAT cases (4-7 minutes each on a slow 2-core machine) only with -m slow."""
+    """make test: the factory model's PTQ to every backend; the full tier: its QAT (~90 s) and the three
+    others' PTQ (their MobileNetV3-Large / MobileNetV2 lowerings: 1.5-4 minutes a test, up to 7 on a slow
+    machine); the torchvision/SMP QAT cases (4-7 minutes each on a slow 2-core machine) only with -m slow."""
     if (source, method) == ("factory", "ptq"):
         return ()
     return pytest.mark.full if method == "ptq" or source == "factory" else pytest.mark.slow

@@ -44,9 +44,9 @@ def test_int8_artifact_against_the_cuda_reference(references, quick_trained, qui
     source = from_quantized(q.save(tmp_path, "quick_ptq"), source)
     runner = runtime.load(export(source, "tflite", "int8", tmp_path))
     on_cuda, on_cpu = evaluate(runner, val, cuda), evaluate(runner, val, cpu)
-    # the floors of the quick run's int8 artifacts (tests/test_pipeline.py: agreement 0.985, below
-    # the spread over train seeds; drop 0.5 points, from train seeds 0-4), measured on the CPU reference, which the CUDA
-    # one matches on >= 0.999 of pixels (test above). This PTQ calibrates on 32 images, the run on
+    # the floors of the quick run's int8 artifacts (tests/test_pipeline.py: agreement 0.985, below the
+    # spread over train seeds; drop 0.5 points, from train seeds 0-4), measured on the CPU reference,
+    # which the CUDA one matches on >= 0.999 of pixels (test above). This PTQ calibrates on 32 images, the run on
     # 64: the 32-image PyTorch program dropped 0.07-0.34 points on seeds 0-4 (CPU). UNVERIFIED: no
     # GPU was lent to the session that set these floors or to any since (2026-12-03); the first
     # session with a GPU runs this file and writes the measured figures here.

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from aspp_edge import kernels
 from aspp_edge.checkpoint import load_model, read_checkpoint
 from aspp_edge.config import load_recipe
 from aspp_edge.data import build_dataset
@@ -204,13 +205,13 @@ def test_a_seed_reproduces_the_weights_bit_for_bit_and_the_conditions_are_record
 
 
 def _kernels_seen(env_extra: dict[str, str], code: str) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
     proc = subprocess.run([sys.executable, "-c", code], env={**env, **env_extra}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.split()
 
 
-@pytest.mark.skipif(not __import__("aspp_edge.kernels").kernels._has_avx2(), reason="pins only x86-64 CPUs with AVX2")
+@pytest.mark.skipif(not kernels._has_avx2(), reason="pins only x86-64 CPUs with AVX2")
 def test_importing_aspp_edge_pins_torchs_kernels_unless_the_user_chose():
     """torch's ATen and oneDNN kernels are capped at AVX2 on import (before torch's first op, even when
     torch was imported first), so a seed trains the same weights on AVX2 and AVX-512 machines; a
@@ -219,5 +220,6 @@ def test_importing_aspp_edge_pins_torchs_kernels_unless_the_user_chose():
             "print(os.environ.get('ATEN_CPU_CAPABILITY'), os.environ.get('ONEDNN_MAX_CPU_ISA'), torch.backends.cpu.get_cpu_capability())")
     assert _kernels_seen({}, code) == ["avx2", "AVX2", "AVX2"]
     assert _kernels_seen({"ATEN_CPU_CAPABILITY": "default"}, code) == ["default", "AVX2", "DEFAULT"]
+    assert _kernels_seen({"DNNL_MAX_CPU_ISA": "SSE41"}, code) == ["avx2", "None", "AVX2"]  # oneDNN's older name counts
     native = _kernels_seen({"ASPP_EDGE_NATIVE_KERNELS": "1"}, code)
     assert native[:2] == ["None", "None"] and native[2] in ("AVX2", "AVX512")

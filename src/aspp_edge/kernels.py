@@ -7,7 +7,7 @@ different order, and training turns those last-bit differences into a different 
 on one AVX2 machine: a conv + BN + GELU backward gives a different gradient for each of the four
 combinations of the two settings). Both are read once, at torch's first CPU op (not at `import
 torch`), so `pin()` runs when `aspp_edge` is imported and caps both at AVX2, the widest ISA every
-x86-64 machine here has. A value the user set wins (`setdefault`); `ASPP_EDGE_NATIVE_KERNELS=1`
+x86-64 machine here has. A value the user set wins (oneDNN's under either name); `ASPP_EDGE_NATIVE_KERNELS=1`
 leaves torch's own choice. Not pinned: CPUs without AVX2 (torch would run AVX2 code on them) and
 other architectures (aarch64's NEON/SVE kernels are their own arithmetic); there the weights
 follow the CPU, as the checkpoint's `determinism` record says.
@@ -20,6 +20,8 @@ import platform
 
 PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 NATIVE = "ASPP_EDGE_NATIVE_KERNELS"
+# oneDNN also reads its older name, and ONEDNN_ wins over it: a user's DNNL_ value must not be overridden
+ALIASES = {"ONEDNN_MAX_CPU_ISA": ("DNNL_MAX_CPU_ISA",)}
 
 
 def _has_avx2() -> bool:
@@ -35,7 +37,9 @@ def _has_avx2() -> bool:
 
 
 def pin() -> dict[str, str]:
-    """Set the pinned kernel ISA where no value is set yet; returns what it set."""
+    """Set the pinned kernel ISA where no value (under either name) is set yet; returns what it set."""
     if os.environ.get(NATIVE) == "1" or platform.machine().lower() not in ("x86_64", "amd64") or not _has_avx2():
         return {}
-    return {k: os.environ.setdefault(k, v) for k, v in PINNED.items() if k not in os.environ}
+    unset = {k: v for k, v in PINNED.items() if not any(n in os.environ for n in (k, *ALIASES.get(k, ())))}
+    os.environ.update(unset)
+    return unset
