@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import subprocess
 import sys
@@ -187,16 +189,35 @@ def _weights_digest(checkpoint) -> str:
     return state_dict_sha256(torch.load(checkpoint, weights_only=True)["state_dict"])
 
 
-def test_a_seed_reproduces_the_weights_bit_for_bit_and_the_conditions_are_recorded(tmp_path, quick_recipe):
+def _torch_settings() -> tuple:
+    return (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+
+
+def test_a_seed_reproduces_the_weights_bit_for_bit_and_the_conditions_are_recorded(tmp_path, quick_recipe, monkeypatch):
     """Same seed and thread count: identical weights (the default model is deterministic on CPU under
     torch's deterministic algorithms); another seed differs; the checkpoint records threads and ISA;
-    torch's own settings are restored after training."""
+    torch's own settings are restored after training. Training leaves new tensors unfilled (a NaN
+    fill costs time and changes nothing): with the fill on, the weights are the same bits, so no
+    kernel reads memory it did not write."""
     short = quick_recipe.replace(train={"epochs": 1, "threads": 1}, data={"train_size": 32, "val_size": 8, "resolution": 32})
-    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    before = _torch_settings()
     a, b = train(short, tmp_path / "a", progress=False), train(short, tmp_path / "b", progress=False)
     other = train(short.replace(train={"seed": 1}), tmp_path / "c", progress=False)
-    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
+    assert _torch_settings() == before
     assert _weights_digest(a.checkpoint) == _weights_digest(b.checkpoint) != _weights_digest(other.checkpoint)
+    module = importlib.import_module("aspp_edge.train")
+    plain = module.deterministic
+
+    @contextlib.contextmanager
+    def filling(threads: int):
+        with plain(threads):
+            assert torch.utils.deterministic.fill_uninitialized_memory is False
+            torch.utils.deterministic.fill_uninitialized_memory = True
+            yield
+
+    monkeypatch.setattr(module, "deterministic", filling)
+    assert _weights_digest(train(short, tmp_path / "filled", progress=False).checkpoint) == _weights_digest(a.checkpoint)
     record = torch.load(a.checkpoint, weights_only=True)["determinism"]
     assert record["threads"] == 1 and record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert record["torch"] == torch.__version__ and record["device"] == "cpu"
