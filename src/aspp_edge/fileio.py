@@ -9,8 +9,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a state dict is hashed: a runtime-only process never loads it
+    import torch
 
 
 @contextlib.contextmanager
@@ -65,6 +67,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
     """Hash of a state dict's names, dtypes, shapes and values, in key order."""
+    import torch
+
     h = hashlib.sha256()
     for key in sorted(state):
         t = state[key].detach().cpu().contiguous().reshape(-1)

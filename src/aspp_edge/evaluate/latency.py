@@ -39,8 +39,9 @@ from ..errors import AsppEdgeError
 from ..formats import backend_for
 
 MARKER = "ASPP_EDGE_LATENCY "
-# The child runs the runtime only; torch's OpenMP pool must not spin on the runtime's cores.
-CHILD_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "TF_CPP_MIN_LOG_LEVEL": "2"}
+# The child runs the runtime only: aspp_edge skips its model and training imports there (a LiteRT child
+# never loads torch), and torch's OpenMP pool, where a runtime loads it, must not spin on the runtime's cores.
+CHILD_ENV = {"ASPP_EDGE_RUNTIME_ONLY": "1", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "TF_CPP_MIN_LOG_LEVEL": "2"}
 PEAK_CHANNELS, PEAK_SIZE, PEAK_LAYERS = 256, 64, 4  # throughput reference: four 256->256 1x1 convolutions at 64x64
 PEAK_RUNTIMES = {"executorch": ".pte", "tflite": ".tflite"}
 

@@ -261,7 +261,7 @@ def tap_executorch(runner, inputs: list[np.ndarray], module: torch.nn.Module, po
                    precision: str, debug_dir: Path | None = None) -> Tapped:
     """Every delegate call's output in the per-operator debug copy of a `.pte` (ETDump + ETRecord).
     `module`: what the `.pte` was lowered from (its own int8 program, or the float model)."""
-    from executorch.devtools import Inspector
+    from executorch.devtools import Inspector, parse_etrecord
     from executorch.extension.pybindings import portable_lib
 
     from ..export.executorch import debug_copy
@@ -270,14 +270,15 @@ def tap_executorch(runner, inputs: list[np.ndarray], module: torch.nn.Module, po
     pte, etrecord = debug_copy(module, torch.from_numpy(inputs[0]), folder, source=runner.path, precision=precision)
     shipped = shipped_output(runner, inputs)
     chunks: dict[tuple[str | None, int], list[np.ndarray]] = {}
-    debug_out, layer_of = [], weight_handles(etrecord)
+    record = parse_etrecord(str(etrecord))  # once: each Inspector would parse it again (about a second each)
+    debug_out, layer_of = [], weight_handles(record)
     with tempfile.TemporaryDirectory() as tmp:
         for x in inputs:
             loaded = portable_lib._load_for_executorch(str(pte), enable_etdump=True, debug_buffer_size=256 << 20)  # noqa: SLF001
             debug_out.append(loaded.run_method("forward", [torch.from_numpy(x)])[0].numpy())
             dump, buffer = Path(tmp) / "run.etdump", Path(tmp) / "debug.bin"
             loaded.write_etdump_result_to_file(str(dump), str(buffer))
-            inspector = Inspector(etdump_path=str(dump), etrecord=str(etrecord), debug_buffer_path=str(buffer))
+            inspector = Inspector(etdump_path=str(dump), etrecord=record, debug_buffer_path=str(buffer))
             calls = [e for b in inspector.event_blocks for e in b.events if e.name == "DELEGATE_CALL" and e.debug_data]
             seen: dict[str, int] = {}
             for index, event in enumerate(calls):
@@ -299,13 +300,11 @@ def tap_executorch(runner, inputs: list[np.ndarray], module: torch.nn.Module, po
     return Tapped(tensors, shipped, by, notes, debug_copy_max_diff=gap)
 
 
-def weight_handles(etrecord: Path) -> dict[int, str]:
-    """Debug handle of each weight dequantize in the ETRecord's edge program -> the module path of the
-    conv or linear that reads it. A weight belongs to one layer's delegate call, while a call's other
-    handles (its input and output Q/DQ) are shared with the ops around it, so this names the call."""
-    from executorch.devtools import parse_etrecord
-
-    graph = parse_etrecord(str(etrecord)).edge_dialect_program.graph_module.graph
+def weight_handles(etrecord) -> dict[int, str]:
+    """Debug handle of each weight dequantize in the (parsed) ETRecord's edge program -> the module path
+    of the conv or linear that reads it. A weight belongs to one layer's delegate call, while a call's
+    other handles (its input and output Q/DQ) are shared with the ops around it, so this names the call."""
+    graph = etrecord.edge_dialect_program.graph_module.graph
     out = {}
     for node in graph.nodes:
         handle = node.meta.get("debug_handle")
@@ -514,7 +513,12 @@ def compare(artifacts: list[str | Path], *, program: str | Path | None = None, c
         backend = backend_for(path).name
         if backend == "executorch":
             own = _own_program(path, program)
-            module = load_quantized(own) if quantized else ref.model
+            if not quantized:
+                module = ref.model
+            elif str(own.resolve()) in ref.programs:  # the program just measured (loading one takes seconds)
+                module = ref.programs[str(own.resolve())][0]
+            else:
+                module = load_quantized(own)
             tapped = tap_executorch(runner, inputs, module, points if quantized else {}, precision=manifest["precision"],
                                     debug_dir=Path(debug_dir) if debug_dir else None)
         elif backend == "tflite":

@@ -109,15 +109,30 @@ def activation_qparams(converted: GraphModule) -> list[dict[str, Any]]:
     return rows
 
 
+_LOADED: dict[tuple[str, int, int], torch.export.ExportedProgram] = {}  # (path, mtime_ns, size) -> program as read
+_LOADED_KEEP = 4
+
+
 def load_quantized(path: str | Path) -> GraphModule:
-    """Load a saved `<name>_int8.pt2` as a runnable module (Q/DQ reference program)."""
+    """Load a saved `<name>_int8.pt2` as a runnable module (Q/DQ reference program), a copy of its own.
+
+    A run reads each program many times (every int8 export and per-layer comparison) and reading one
+    takes seconds, so the last few programs read are kept, keyed by path, mtime and size (a rewritten
+    file is read again); each call returns a deep copy, so no caller sees another's changes."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"quantized program {str(path)!r} not found")
-    try:
-        return torch.export.load(path).module()
-    except Exception as exc:
-        raise CheckpointError(f"quantized program {str(path)!r} is corrupt or not a torch.export program ({type(exc).__name__})") from exc
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _LOADED:
+        try:
+            program = torch.export.load(path)
+        except Exception as exc:
+            raise CheckpointError(f"quantized program {str(path)!r} is corrupt or not a torch.export program ({type(exc).__name__})") from exc
+        while len(_LOADED) >= _LOADED_KEEP:
+            del _LOADED[next(iter(_LOADED))]
+        _LOADED[key] = program
+    return copy.deepcopy(_LOADED[key]).module()
 
 
 def quantize(
