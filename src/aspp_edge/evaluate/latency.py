@@ -143,16 +143,15 @@ def _raw_invoke(path: Path, threads: int):
         import importlib.metadata
 
         import torch
-        from executorch.runtime import Runtime
 
-        from ..runtime.executorch import set_threads
+        from ..runtime.executorch import load_method, set_threads
 
         set_threads(threads)
-        method = Runtime.get().load_program(path).load_method("forward")
-        meta = method.metadata.input_tensor_meta(0)
+        program, method = load_method(path)
+        meta = method.method_meta().input_tensor_meta(0)
         dtype = {6: np.float32, 1: np.int8}[int(meta.dtype())]  # ExecuTorch ScalarType codes: Float, Char
         x = torch.from_numpy(rng.standard_normal(tuple(meta.sizes())).astype(dtype))
-        return (lambda: method.execute([x])), f"executorch {importlib.metadata.version('executorch')}"
+        return (lambda: (program, method([x]))), f"executorch {importlib.metadata.version('executorch')}"
     from ..runtime.litert import interpreter_class
 
     cls, name = interpreter_class()
@@ -189,19 +188,21 @@ def etdump_kinds(module, x, runs: int = 3) -> dict[str, float]:
 def executorch_profile(path: str | Path, runs: int = 3) -> dict[str, float]:
     """Median ms per XNNPACK operator kind over `runs` profiled runs (ETDump) of an artifact, largest first."""
     import torch
-    from executorch.extension.pybindings import portable_lib
 
     from ..runtime import load
+    from ..runtime.executorch import extension
 
     runner = load(path)  # for the input shape and conversion only
     x = torch.from_numpy(runner._to_input(np.zeros(runner.input_shape, np.float32)))
-    return etdump_kinds(portable_lib._load_for_executorch(str(path), enable_etdump=True), x, runs)
+    return etdump_kinds(extension()._load_for_executorch(str(path), enable_etdump=True), x, runs)
 
 
 def _import_runtime(path: Path) -> None:
     """Import the artifact's runtime first, so load_ms times the load, not Python's imports."""
     if path.suffix == ".pte":
-        import executorch.runtime  # noqa: F401
+        from ..runtime.executorch import extension
+
+        extension()
     elif path.suffix == ".tflite":
         from ..runtime.litert import interpreter_class
 
