@@ -88,8 +88,9 @@ class ArtifactResult:
                            latency_note=f"not measured: {self.evaluated_by} checks the program, not Core ML's kernels")
             else:
                 lat = self.latency
-                row.update(latency_ms={"median": lat.median_ms, "p90": lat.p90_ms, "min": lat.min_ms, "blocks": lat.block_medians_ms}, load_ms=lat.load_ms,
-                           peak_rss_mb=lat.peak_rss_mb, rss_before_load_mb=lat.rss_before_load_mb, threads=lat.threads, runs=lat.runs,
+                row.update(latency_ms={"median": lat.median_ms, "p90": lat.p90_ms, "min": lat.min_ms, "blocks": lat.block_medians_ms},
+                           load_ms=lat.load_ms, peak_rss_mb=lat.peak_rss_mb, rss_before_load_mb=lat.rss_before_load_mb,
+                           threads=lat.threads, runs=lat.runs,
                            gmacs_per_s=self.gmacs / (lat.median_ms / 1e3), profile=lat.profile)
         row["backend_info"] = self.backend_info
         return row

@@ -128,7 +128,8 @@ def load_quantized(path: str | Path) -> GraphModule:
         try:
             program = torch.export.load(path)
         except Exception as exc:
-            raise CheckpointError(f"quantized program {str(path)!r} is corrupt or not a torch.export program ({type(exc).__name__})") from exc
+            raise CheckpointError(f"quantized program {str(path)!r} is corrupt or not a torch.export program "
+                                  f"({type(exc).__name__})") from exc
         while len(_LOADED) >= _LOADED_KEEP:
             del _LOADED[next(iter(_LOADED))]
         _LOADED[key] = program
