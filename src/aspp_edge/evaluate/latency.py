@@ -151,7 +151,8 @@ def _raw_invoke(path: Path, threads: int):
         meta = method.method_meta().input_tensor_meta(0)
         dtype = {6: np.float32, 1: np.int8}[int(meta.dtype())]  # ExecuTorch ScalarType codes: Float, Char
         x = torch.from_numpy(rng.standard_normal(tuple(meta.sizes())).astype(dtype))
-        return (lambda: (program, method([x]))), f"executorch {importlib.metadata.version('executorch')}"
+        # the default argument keeps the program alive as long as its method
+        return (lambda program=program: method([x])), f"executorch {importlib.metadata.version('executorch')}"
     from ..runtime.litert import interpreter_class
 
     cls, name = interpreter_class()
