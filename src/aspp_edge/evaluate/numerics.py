@@ -271,10 +271,10 @@ def tap_executorch(runner, inputs: list[np.ndarray], module: torch.nn.Module, po
     shipped = shipped_output(runner, inputs)
     chunks: dict[tuple[str | None, int], list[np.ndarray]] = {}
     record = parse_etrecord(str(etrecord))  # once: each Inspector would parse it again (about a second each)
-    debug_out, layer_of = [], weight_handles(record)
+    debug_out, layer_of, buffer_bytes = [], weight_handles(record), debug_buffer_bytes(record)
     with tempfile.TemporaryDirectory() as tmp:
         for x in inputs:
-            loaded = portable_lib._load_for_executorch(str(pte), enable_etdump=True, debug_buffer_size=256 << 20)  # noqa: SLF001
+            loaded = portable_lib._load_for_executorch(str(pte), enable_etdump=True, debug_buffer_size=buffer_bytes)  # noqa: SLF001
             debug_out.append(loaded.run_method("forward", [torch.from_numpy(x)])[0].numpy())
             dump, buffer = Path(tmp) / "run.etdump", Path(tmp) / "debug.bin"
             loaded.write_etdump_result_to_file(str(dump), str(buffer))
@@ -298,6 +298,19 @@ def tap_executorch(runner, inputs: list[np.ndarray], module: torch.nn.Module, po
              f"shipped .pte's by at most {gap:.3g}"]
     by = "module path (ETRecord)" if precision == "int8" else "shape and value (per-operator debug copy)"
     return Tapped(tensors, shipped, by, notes, debug_copy_max_diff=gap)
+
+
+def debug_buffer_bytes(etrecord) -> int:
+    """The ETDump debug buffer for one run of a debug copy: twice the bytes of every op's output in
+    its edge program (each call's output is one of them) plus 1 MiB. The buffer is written to disk and
+    read back whole on every run, so a fixed 256 MiB cost about a second per image at 96x96, where
+    this is about 33 MiB."""
+    total = 0
+    for node in etrecord.edge_dialect_program.graph.nodes:
+        val = node.meta.get("val")
+        if node.op == "call_function" and isinstance(val, torch.Tensor):
+            total += val.numel() * val.element_size() + 64  # each entry is aligned
+    return 2 * total + (1 << 20)
 
 
 def weight_handles(etrecord) -> dict[int, str]:
