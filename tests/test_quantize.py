@@ -446,3 +446,44 @@ def test_qat_select_best_keeps_step_zero_unless_a_check_gains_min_gain():
     assert run([1.0, 0.97, 1.2], select="last") == 2
     with pytest.raises(ConfigError, match="qat.min_gain 1.5"):
         QATConfig(min_gain=1.5)
+
+
+@pytest.mark.full
+def test_qat_conv_bn_fuse_and_fold_try_only_the_conv_kinds_present():
+    """`present_conv_kinds_only` (torchao's QAT fuse and fold skip conv kinds the graph lacks) changes
+    no program: a Conv2d + BN and a ConvTranspose2d + BN prepare and convert to the same graph as
+    under torchao as it is, both BNs folded (the transposed kind present is not skipped), and torchao's
+    helpers are its own again afterwards."""
+    import contextlib
+    import copy
+    import importlib
+
+    from torch import nn
+    from torchao.quantization.pt2e import qat_utils
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    from aspp_edge.quantize.quantizers import build_quantizer
+
+    qat_module = importlib.import_module("aspp_edge.quantize.qat")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.ConvTranspose2d(8, 8, 2, stride=2), nn.BatchNorm2d(8)).train()
+    x = torch.randn(2, 3, 16, 16)
+    helpers = qat_utils._fuse_conv_bn_qat_helper, qat_utils._fold_conv_bn_qat_helper  # noqa: SLF001
+
+    def convert(ctx):
+        exported = torch.export.export(copy.deepcopy(model), (x,)).module()
+        with ctx():
+            prepared = prepare_qat_pt2e(exported, build_quantizer(qat=True))
+        prepared(x)
+        with ctx():
+            return convert_pt2e(prepared, fold_quantize=False)
+
+    skipped, full = convert(qat_module.present_conv_kinds_only), convert(contextlib.nullcontext)
+    assert (qat_utils._fuse_conv_bn_qat_helper, qat_utils._fold_conv_bn_qat_helper) == helpers  # noqa: SLF001
+    assert str(skipped.graph) == str(full.graph)
+    targets = {str(n.target) for n in skipped.graph.nodes if n.op == "call_function"}
+    assert {"aten.conv2d.default", "aten.conv_transpose2d.input"} <= targets
+    assert not any("batch_norm" in t for t in targets)
+    with torch.no_grad():
+        torch.testing.assert_close(skipped(x), full(x), rtol=0, atol=0)

@@ -26,7 +26,7 @@ from ..calibration.report import QUANTIZE_PER_TENSOR
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path
 from .ptq import export_dynamic_batch, ptq
-from .qat import qat
+from .qat import present_conv_kinds_only, qat
 from .quantizers import build_quantizer
 from .rewrites import drop_saturated_clamps
 
@@ -53,7 +53,8 @@ class QuantizedModel:
         """convert_pt2e on a copy: `fold_quantize=True` for ExecuTorch/XNNPACK, False for litert-torch.
         Who needs both converts once with False and folds a copy (`fold_weights`): a QAT program's
         convert re-traces its conv-BN patterns (about 35 s for a MobileNetV3-Large on one core)."""
-        converted = convert_pt2e(copy.deepcopy(self.prepared), fold_quantize=False)
+        with present_conv_kinds_only():
+            converted = convert_pt2e(copy.deepcopy(self.prepared), fold_quantize=False)
         drop_saturated_clamps(converted)
         converted = allow_exported_model_train_eval(converted)
         setattr(converted, _EXPORTED_TRAINING_ATTR, False)  # an inference program: `.eval()` must not rebuild its BN (qat.set_mode)
