@@ -12,7 +12,8 @@ LiteRT, so a model's GMAC/s can be read as a fraction of what that runtime reach
 reference stacks four of them: with one, ExecuTorch's NCHW->NHWC transposes of the input and
 output at the delegate boundary cost as much as the convolution and hid its throughput.
 For .pte files `profile=True` adds ExecuTorch's per-operator XNNPACK times (ETDump), summed by
-operator kind: what dominates the latency.
+operator kind: what dominates the latency. The fresh process runs and writes the ETDump; this one
+parses it (ExecuTorch's devtools import all of exir: about 7 s, paid once here, not per artifact).
 
 Latency is reported, never asserted.
 """
@@ -100,15 +101,18 @@ def _measure_once(path: Path, threads: int | None, runs: int, warmup: int, profi
         raise AsppEdgeError(f"{path.name}: {backend.not_timed_why}; its latency is not measured on {platform.system()} (where it is "
                             "checked, an interpreter or the graph's structure says nothing about the runtime's speed)")
     profile = profile and backend is not None and backend.per_op_profile
-    cmd = [sys.executable, "-m", "aspp_edge.evaluate.latency", str(path), "--threads", str(threads or default_threads()),
-           "--runs", str(runs), "--warmup", str(warmup)] + (["--profile"] if profile else []) + (["--raw"] if raw else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **CHILD_ENV})
-    for line in proc.stdout.splitlines():
-        if line.startswith(MARKER):
-            payload = json.loads(line[len(MARKER):])
-            if "error" in payload:
-                raise AsppEdgeError(payload["error"])
-            return Latency(**payload)
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = Path(tmp) / "run.etdump"
+        cmd = [sys.executable, "-m", "aspp_edge.evaluate.latency", str(path), "--threads", str(threads or default_threads()),
+               "--runs", str(runs), "--warmup", str(warmup)] + (["--profile", str(dump)] if profile else []) + (["--raw"] if raw else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **CHILD_ENV})
+        for line in proc.stdout.splitlines():
+            if line.startswith(MARKER):
+                payload = json.loads(line[len(MARKER):])
+                if "error" in payload:
+                    raise AsppEdgeError(payload["error"])
+                # the child wrote the ETDump; it is read here, where ExecuTorch's devtools are imported once per process
+                return Latency(**payload, **({"profile": etdump_kinds_of_file(dump)} if profile else {}))
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
     raise AsppEdgeError(f"timing {str(path)!r} failed (exit {proc.returncode}): {' | '.join(tail)}")
 
@@ -166,17 +170,20 @@ def _raw_invoke(path: Path, threads: int):
     return interp.invoke, f"{name} {importlib.metadata.version(name)}"
 
 
-def etdump_kinds(module, x, runs: int = 3) -> dict[str, float]:
-    """Median ms per XNNPACK operator kind over `runs` profiled runs of `module` (an ExecuTorch program
-    loaded with `enable_etdump=True`) on `x`: ETDump's event names without their "#n", largest first."""
-    from executorch.devtools import Inspector
-
+def write_etdump(module, x, dump: Path, runs: int = 3) -> None:
+    """`runs` profiled runs of `module` (an ExecuTorch program loaded with `enable_etdump=True`) on `x`,
+    their ETDump written to `dump`. Needs only the runtime: parsing it (`etdump_kinds_of_file`) imports
+    ExecuTorch's devtools, which bring all of exir and cost a fresh process about 7 s."""
     for _ in range(runs):
         module.forward([x])
-    with tempfile.TemporaryDirectory() as tmp:
-        dump = Path(tmp) / "run.etdump"
-        module.write_etdump_result_to_file(str(dump))
-        frame = Inspector(etdump_path=str(dump)).to_dataframe()
+    module.write_etdump_result_to_file(str(dump))
+
+
+def etdump_kinds_of_file(dump: Path) -> dict[str, float]:
+    """Median ms per XNNPACK operator kind in an ETDump: its event names without their "#n", largest first."""
+    from executorch.devtools import Inspector
+
+    frame = Inspector(etdump_path=str(dump)).to_dataframe()
     kinds: dict[str, float] = {}
     for block, name, raw in zip(frame["event_block_name"], frame["event_name"], frame["raw"]):
         if block != "Execute" or not raw or name in ("Method::execute", "DELEGATE_CALL"):
@@ -186,8 +193,16 @@ def etdump_kinds(module, x, runs: int = 3) -> dict[str, float]:
     return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
 
 
-def executorch_profile(path: str | Path, runs: int = 3) -> dict[str, float]:
-    """Median ms per XNNPACK operator kind over `runs` profiled runs (ETDump) of an artifact, largest first."""
+def etdump_kinds(module, x, runs: int = 3) -> dict[str, float]:
+    """Median ms per XNNPACK operator kind over `runs` profiled runs of `module` on `x` (`write_etdump`), largest first."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = Path(tmp) / "run.etdump"
+        write_etdump(module, x, dump, runs)
+        return etdump_kinds_of_file(dump)
+
+
+def write_executorch_etdump(path: str | Path, dump: Path, runs: int = 3) -> None:
+    """The ETDump of `runs` profiled runs of an artifact (`write_etdump`) on zeros of its input shape."""
     import torch
 
     from ..runtime import load
@@ -195,7 +210,7 @@ def executorch_profile(path: str | Path, runs: int = 3) -> dict[str, float]:
 
     runner = load(path)  # for the input shape and conversion only
     x = torch.from_numpy(runner._to_input(np.zeros(runner.input_shape, np.float32)))
-    return etdump_kinds(extension()._load_for_executorch(str(path), enable_etdump=True), x, runs)
+    write_etdump(extension()._load_for_executorch(str(path), enable_etdump=True), x, dump, runs)
 
 
 def _import_runtime(path: Path) -> None:
@@ -226,7 +241,8 @@ def timed_blocks(invoke: Callable[[], Any], runs: int, *, blocks: int = BLOCKS, 
     return out
 
 
-def _child(path: Path, threads: int, runs: int, warmup: int, profile: bool, raw: bool) -> dict[str, Any]:
+def _child(path: Path, threads: int, runs: int, warmup: int, profile: Path | None, raw: bool) -> dict[str, Any]:
+    """Time one artifact in this (fresh) process; `profile`: also write its ETDump there."""
     _import_runtime(path)
     from ..runtime import load
 
@@ -250,8 +266,8 @@ def _child(path: Path, threads: int, runs: int, warmup: int, profile: bool, raw:
         "peak_rss_mb": _peak_rss_mb(), "rss_before_load_mb": rss_before, "evaluated_by": evaluated_by,
         "block_medians_ms": medians,
     }
-    if profile:  # measure() asks only for a backend with per-operator times (ExecuTorch's ETDump)
-        result["profile"] = executorch_profile(path)
+    if profile is not None:  # measure() asks only for a backend with per-operator times (ExecuTorch's ETDump), parsed there
+        write_executorch_etdump(path, profile)
     return result
 
 
@@ -313,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=default_threads())
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile", type=Path, default=None, help="also write the artifact's ETDump to this file")
     ap.add_argument("--raw", action="store_true")
     args = ap.parse_args(argv)
     try:
