@@ -212,8 +212,12 @@ def deploy_plan(entries: list[tuple[str, Recipe]], backends: list[str], out: Pat
     models = [LatencyModel(key, key, at_deploy_size(recipe, deploy.resolution, deploy.calib_size, name=f"{recipe.name}_{DEPLOY_DIR}",
                                                     model={"weights": None} if recipe.model.source else {"width_mult": width}))
               for key, recipe in entries]
-    # the run's backends of the default set (opt-in ones such as executorch-vulkan add minutes and are timed by `sweep`)
-    timing = Timing(tuple(b for b in backends if get_backend(b).default), threads=threads, runs=deploy.runs, warmup=deploy.warmup)
+    # The run's backends of the default set that this machine times: opt-in ones such as executorch-vulkan add
+    # minutes and are timed by `sweep`; one not timed here (Core ML off macOS) would only repeat, at deploy size,
+    # the size and graph facts its accuracy rows already give (`sweep` still builds it).
+    timed = [b for b in backends if get_backend(b).default]
+    untimed = [b for b in timed if not get_backend(b).timed_here()]
+    timing = Timing(tuple(b for b in timed if b not in untimed), threads=threads, runs=deploy.runs, warmup=deploy.warmup)
     stages_ = LatencyStages(out / DEPLOY_DIR, timing, prefix=f"{DEPLOY_DIR}/")
     config = {"size": deploy.resolution, "width": width, "classes": first.num_classes, "output_stride": first.model.output_stride,
               "backends": list(timing.backends), "threads": threads, "runs": deploy.runs, "warmup": deploy.warmup,
@@ -223,6 +227,8 @@ def deploy_plan(entries: list[tuple[str, Recipe]], backends: list[str], out: Pat
         return {"config": config, "models": stages_.models_info(models), "rows": stages_.rows(models, peaks),
                 "note": f"the run's models at {deploy.resolution}x{deploy.resolution}, width {width}, with seeded "
                         f"random weights and the shared int8 scheme calibrated on {deploy.calib_size} images (latency does not depend "
-                        "on trained values); each artifact timed in its own process"}
+                        "on trained values); each artifact timed in its own process"
+                        + "".join(f"; {b} is not built at this size ({get_backend(b).not_timed_why}, so it is not timed on "
+                                  f"{platform.system()}; the accuracy rows give its size)" for b in untimed)}
 
     return [stage for m in models for stage in stages_.model_stages(m)], collect
