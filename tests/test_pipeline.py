@@ -61,8 +61,8 @@ def test_report_lists_every_artifact_with_all_fields(quick_run):
         assert row["evaluated_by"].split()[0] in ("executorch", "ai-edge-litert", "tflite-runtime", "coreml-runtime")
         if name.endswith(".pte"):  # ETDump per XNNPACK operator kind: written by the timing process, read by this one
             kinds = row["profile"]
-            assert any(k.startswith("Convolution") for k in kinds) and all(ms > 0 for ms in kinds.values()), kinds
-            assert sum(kinds.values()) < 5 * row["latency_ms"]["p90"], kinds
+            assert any(k.startswith("Convolution") for k in kinds) and all(ms >= 0 for ms in kinds.values()), kinds
+            assert 0 < sum(kinds.values()) < 5 * row["latency_ms"]["p90"], kinds
     assert rep["reference"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert rep["recipe"]["name"] == "quick" and rep["machine"]["cpu_count"] >= 1 and "executorch" in rep["tools"]
     md = (quick_run / "report.md").read_text()
