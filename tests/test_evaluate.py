@@ -160,6 +160,12 @@ def test_verdict_names_the_backends_where_qat_ends_worse_than_ptq_and_apps_ship_
     assert "tflite" not in text.split("QAT ends worse than PTQ on")[1].split(":")[0]
     held = "\n".join(verdict([r for r in rows if not (r["backend"] == "executorch" and r["method"] == "qat")]))
     assert "QAT is no worse than PTQ on any backend: tflite (drop 0.10 vs 0.20 points)" in held and "ends worse" not in held
+    gap = {"difference_points": -0.3, "interval_points": [-0.5, 0.1], "level": 0.95, "images": 64, "resamples": 2000}
+    rows[2]["qat_vs_ptq"] = gap  # the val images resampled (pipeline.accuracy.qat_against_ptq): the interval holds 0
+    assert ("executorch (drop 0.50 vs 0.20 points; QAT - PTQ mIoU -0.30 points, 95% interval -0.50 to +0.10 over the 64 val "
+            "images resampled: within chance)") in "\n".join(verdict(rows))
+    rows[2]["qat_vs_ptq"] = {**gap, "interval_points": [-0.5, -0.1]}
+    assert "interval -0.50 to -0.10 over the 64 val images resampled)" in "\n".join(verdict(rows))
     chosen, reasons = apps_artifacts(rows, "sep_aspp", Path("out"))
     assert [p.name for p in chosen] == ["executorch_int8_ptq", "tflite_int8_qat"]
     assert reasons == ["executorch: ptq int8 (val mIoU 0.5480; qat 0.5450)", "tflite: qat int8 (val mIoU 0.5490; ptq 0.5480)"]

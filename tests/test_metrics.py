@@ -47,3 +47,30 @@ def test_agreement_and_sqnr():
     assert logits_sqnr_db(small, ref) == pytest.approx(20.0, abs=1e-4)
     with pytest.raises(ValueError, match="does not match"):
         pixel_agreement(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 4, 4))
+
+
+def test_paired_miou_difference_says_when_a_gap_is_within_chance():
+    """QAT against PTQ on a small val split (issue 37): the difference of two label maps' mIoU, in
+    points, with a paired bootstrap interval over the images. A gap made on every image is clear of 0;
+    one made by a single image each way is not; per-image confusion matrices add up to the split's."""
+    from aspp_edge.metrics import confusion_matrix, mean_iou, paired_miou_difference, per_image_confusion
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, (40, 8, 8))
+    truth[0, 0, 0] = 255
+    same = paired_miou_difference(truth, truth, truth, 3)
+    assert same["difference_points"] == 0 and same["interval_points"] == [0.0, 0.0] and same["images"] == 40
+    worse = truth.copy()
+    flip = (rng.random(truth.shape) < 0.1) & (truth != 255)
+    worse[flip] = (worse[flip] + 1) % 3  # wrong on about 10% of every image's pixels
+    whole = confusion_matrix(torch.from_numpy(worse), torch.from_numpy(truth), 3).numpy()
+    assert np.array_equal(per_image_confusion(worse, truth, 3).sum(0), whole)
+    clear = paired_miou_difference(truth, worse, truth, 3)
+    assert clear["difference_points"] == pytest.approx(100 * (1 - mean_iou(whole)))
+    assert 0 < clear["interval_points"][0] <= clear["difference_points"] <= clear["interval_points"][1]
+    a, b = truth.copy(), truth.copy()
+    a[0, :4], b[1, :5] = (a[0, :4] + 1) % 3, (b[1, :5] + 1) % 3  # a loses half of image 0, b a bit more of image 1
+    chance = paired_miou_difference(a, b, truth, 3)
+    assert chance["difference_points"] > 0 and chance["interval_points"][0] < 0 < chance["interval_points"][1]
+    with pytest.raises(ValueError, match="does not match ground truth shape"):
+        per_image_confusion(truth[:, :4], truth, 3)

@@ -258,3 +258,31 @@ def test_stage_bodies_print_to_the_log_and_progress_bars_stay(tmp_path, capsys):
     assert "UserWarning: a converter's warning" in log and "our bar" not in log
     print("after", file=sys.stderr)  # nothing left redirected
     assert "after" in capsys.readouterr().err
+
+
+def test_qat_rows_get_their_difference_from_ptq_with_a_resampling_interval(tmp_path):
+    """`collect` with the val ground truth: each QAT int8 row whose backend has the PTQ artifact too gets
+    QAT's mIoU minus PTQ's (points, from the two artifacts' saved masks: the rows' own mIoU) and its
+    paired-bootstrap interval; a row without its PTQ twin, or with masks of another shape, gets none."""
+    import numpy as np
+
+    from aspp_edge.metrics import confusion_matrix, mean_iou
+    from aspp_edge.pipeline.accuracy import _write_masks, qat_against_ptq
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, (30, 6, 6))
+    qat_masks, ptq_masks = truth.copy(), truth.copy()
+    ptq_masks[:10, :2] = (ptq_masks[:10, :2] + 1) % 3  # PTQ wrong on a third of the images' first rows
+    (tmp_path / HEAD / "eval").mkdir(parents=True)
+    rows = []
+    for backend, method, masks in (("executorch", "ptq", ptq_masks), ("executorch", "qat", qat_masks), ("tflite", "qat", qat_masks),
+                                   ("coreml", "ptq", ptq_masks), ("coreml", "qat", qat_masks[:, :3])):
+        name = f"{backend}_{method}_{len(rows)}"
+        _write_masks(tmp_path / HEAD / "eval" / f"{name}.npz", masks)
+        cm = confusion_matrix(torch.from_numpy(masks), torch.from_numpy(truth[:, :masks.shape[1]]), 3).numpy()
+        rows.append({"head": HEAD, "backend": backend, "precision": "int8", "method": method, "miou": mean_iou(cm), "path": f"{HEAD}/{name}"})
+    qat_against_ptq(rows, tmp_path, {HEAD: (truth, 3)})
+    diff = rows[1]["qat_vs_ptq"]
+    assert diff["difference_points"] == pytest.approx(100 * (rows[1]["miou"] - rows[0]["miou"]), abs=1e-9) and diff["images"] == 30
+    assert 0 < diff["interval_points"][0] <= diff["difference_points"] <= diff["interval_points"][1]
+    assert all("qat_vs_ptq" not in r for r in rows[2:] + rows[:1])

@@ -162,6 +162,16 @@ def cross_backend_table(rows: list[dict[str, Any]], *, with_head: bool) -> list[
     return ["| program | artifacts | agreement |", "|---|---|---|"] + lines if lines else []
 
 
+def _chance(diff: dict[str, Any] | None) -> str:
+    """QAT's mIoU minus PTQ's with the interval resampling the val images gives it (`qat_vs_ptq`), and
+    whether that interval holds 0: a gap the split's size cannot tell from chance."""
+    if not diff:
+        return ""
+    lo, hi = diff["interval_points"]
+    return (f"; QAT - PTQ mIoU {diff['difference_points']:+.2f} points, {diff['level']:.0%} interval {lo:+.2f} to {hi:+.2f} "
+            f"over the {diff['images']} val images resampled{': within chance' if lo <= 0 <= hi else ''}")
+
+
 def _qat_against_ptq(head: str, mine: list[dict[str, Any]], note: str | None) -> list[str]:
     """Per backend with both int8 programs: whether QAT ended worse than PTQ, on mIoU drop (on SQNR
     where the reference is uninformative). The worse one is named, never left to be inferred."""
@@ -175,7 +185,7 @@ def _qat_against_ptq(head: str, mine: list[dict[str, Any]], note: str | None) ->
             figures = f"SQNR {qat['sqnr_db']:.1f} vs {ptq['sqnr_db']:.1f} dB"
             bad = qat["sqnr_db"] < ptq["sqnr_db"]
         else:
-            figures = f"drop {qat['miou_drop']:.2f} vs {ptq['miou_drop']:.2f} points"
+            figures = f"drop {qat['miou_drop']:.2f} vs {ptq['miou_drop']:.2f} points" + _chance(qat.get("qat_vs_ptq"))
             bad = qat["miou_drop"] > ptq["miou_drop"]
         (worse if bad else held).append(f"{backend} ({figures})")
     if worse:

@@ -302,9 +302,34 @@ def _device() -> str:
     return reference_device().type
 
 
-def collect(out: Path, keys: list[str], results: list[Path], *, peaks: bool):
+def val_truth(recipe: Recipe) -> tuple[np.ndarray, int]:
+    """The val split's ground-truth label maps (N, H, W) as the eval stages read them, and the class count."""
+    from ..data import build_dataset
+
+    val = build_dataset(recipe, "val")
+    return np.stack([val[i][1].numpy() for i in range(len(val))]), val.num_classes
+
+
+def qat_against_ptq(rows: list[dict[str, Any]], out: Path, truth: dict[str, tuple[np.ndarray, int]]) -> None:
+    """Add `qat_vs_ptq` to each QAT int8 row whose head and backend also have a PTQ int8 row: QAT's val
+    mIoU minus PTQ's, in points, and its paired-bootstrap interval over the val images
+    (`metrics.paired_miou_difference`), from both artifacts' saved masks."""
+    from ..metrics import paired_miou_difference
+
+    for q in rows:
+        if (q["precision"], q["method"]) != ("int8", "qat") or q["miou"] is None or q["head"] not in truth:
+            continue
+        p = next((r for r in rows if (r["head"], r["backend"], r["precision"], r["method"]) == (q["head"], q["backend"], "int8", "ptq")
+                  and r["miou"] is not None), None)
+        labels, classes = truth[q["head"]]
+        if p is not None and _eval_masks(out, q).shape == _eval_masks(out, p).shape == labels.shape:
+            q["qat_vs_ptq"] = paired_miou_difference(_eval_masks(out, q), _eval_masks(out, p), labels, classes)
+
+
+def collect(out: Path, keys: list[str], results: list[Path], *, peaks: bool, truth: dict[str, tuple[np.ndarray, int]] | None = None):
     """(rows, references, peak figures) of a finished plan: the eval stages' rows with their
-    cross-backend agreement and fraction of the runtime's peak throughput added."""
+    cross-backend agreement and fraction of the runtime's peak throughput added; with `truth` (per
+    model key, `val_truth`), QAT rows also get their difference from PTQ (`qat_against_ptq`)."""
     rows = [json.loads(p.read_text()) for p in results]
     for row in rows:
         if (found := numerics_summary(out, row)) is not None:
@@ -313,6 +338,8 @@ def collect(out: Path, keys: list[str], results: list[Path], *, peaks: bool):
             row["arm64"] = checks
     references = {key: json.loads((out / key / "reference.json").read_text()) for key in keys}
     cross_backend(rows, out)
+    if truth:
+        qat_against_ptq(rows, out, truth)
     peak_figures = read_peaks(out) if peaks else None
     if peak_figures:
         add_peak_fraction(rows, peak_figures)

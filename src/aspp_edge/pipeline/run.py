@@ -26,7 +26,7 @@ from ..apps import app_files, check_app_root, install_for_apps
 from ..config import METHODS, RUN_METHODS, Recipe
 from ..errors import ConfigError
 from ..stages import Stage
-from .accuracy import AccuracyStages, collect, samples
+from .accuracy import AccuracyStages, collect, samples, val_truth
 from .common import check_unique, now, open_workspace, parse_backends, parse_choices, peaks_stage
 from .latency import deploy_plan
 
@@ -157,7 +157,8 @@ def run(
     deploy_stages, deploy_collect = deploy_plan(entries, backends, out, threads=threads) if recipe.deploy is not None else ([], None)
     book.run_plan(plan(entries, backends, methods, accuracy, peaks=peaks, fp16=fp16, deploy=deploy_stages))
 
-    rows, references, peak_figures = collect(out, [key for key, _ in entries], accuracy.results, peaks=peaks)
+    truth = {key: val_truth(r) for key, r in entries} if {"ptq", "qat"} <= set(methods) else None
+    rows, references, peak_figures = collect(out, [key for key, _ in entries], accuracy.results, peaks=peaks, truth=truth)
     deploy = deploy_collect(peak_figures) if deploy_collect else None
     from ..evaluate.report import write_report
     from ..formats.manifest import tool_versions
