@@ -78,15 +78,10 @@ def logits_sqnr_db(candidate: torch.Tensor | np.ndarray, reference: torch.Tensor
 
 def per_image_confusion(pred: np.ndarray, truth: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """(N, C, C) int64 confusion matrices, one per image, of label maps `pred` and `truth` (N, H, W)."""
-    pred, truth = np.asarray(pred), np.asarray(truth)
+    pred, truth = torch.as_tensor(np.asarray(pred)), torch.as_tensor(np.asarray(truth))
     if pred.shape != truth.shape:
-        raise ValueError(f"prediction shape {pred.shape} does not match ground truth shape {truth.shape}")
-    n, cells = len(truth), num_classes * num_classes
-    out = np.zeros((n, cells), np.int64)
-    for i, (p, t) in enumerate(zip(pred.reshape(n, -1).astype(np.int64), truth.reshape(n, -1).astype(np.int64))):
-        keep = t != ignore_index
-        out[i] = np.bincount(t[keep] * num_classes + p[keep], minlength=cells)
-    return out.reshape(n, num_classes, num_classes)
+        raise ValueError(f"prediction shape {tuple(pred.shape)} does not match ground truth shape {tuple(truth.shape)}")
+    return torch.stack([confusion_matrix(p, t, num_classes, ignore_index) for p, t in zip(pred, truth)]).numpy()
 
 
 def paired_miou_difference(a: np.ndarray, b: np.ndarray, truth: np.ndarray, num_classes: int, *, resamples: int = 2000,

@@ -321,9 +321,11 @@ def qat_against_ptq(rows: list[dict[str, Any]], out: Path, truth: dict[str, tupl
             continue
         p = next((r for r in rows if (r["head"], r["backend"], r["precision"], r["method"]) == (q["head"], q["backend"], "int8", "ptq")
                   and r["miou"] is not None), None)
-        labels, classes = truth[q["head"]]
-        if p is not None and _eval_masks(out, q).shape == _eval_masks(out, p).shape == labels.shape:
-            q["qat_vs_ptq"] = paired_miou_difference(_eval_masks(out, q), _eval_masks(out, p), labels, classes)
+        if p is None:
+            continue
+        (labels, classes), mine, ptq = truth[q["head"]], _eval_masks(out, q), _eval_masks(out, p)
+        if mine.shape == ptq.shape == labels.shape:
+            q["qat_vs_ptq"] = paired_miou_difference(mine, ptq, labels, classes)
 
 
 def collect(out: Path, keys: list[str], results: list[Path], *, peaks: bool, truth: dict[str, tuple[np.ndarray, int]] | None = None):

@@ -215,9 +215,9 @@ def deploy_plan(entries: list[tuple[str, Recipe]], backends: list[str], out: Pat
     # The run's backends of the default set that this machine times: opt-in ones such as executorch-vulkan add
     # minutes and are timed by `sweep`; one not timed here (Core ML off macOS) would only repeat, at deploy size,
     # the size and graph facts its accuracy rows already give (`sweep` still builds it).
-    timed = [b for b in backends if get_backend(b).default]
-    untimed = [b for b in timed if not get_backend(b).timed_here()]
-    timing = Timing(tuple(b for b in timed if b not in untimed), threads=threads, runs=deploy.runs, warmup=deploy.warmup)
+    defaults = [b for b in backends if get_backend(b).default]
+    untimed = [b for b in defaults if not get_backend(b).timed_here()]
+    timing = Timing(tuple(b for b in defaults if b not in untimed), threads=threads, runs=deploy.runs, warmup=deploy.warmup)
     stages_ = LatencyStages(out / DEPLOY_DIR, timing, prefix=f"{DEPLOY_DIR}/")
     config = {"size": deploy.resolution, "width": width, "classes": first.num_classes, "output_stride": first.model.output_stride,
               "backends": list(timing.backends), "threads": threads, "runs": deploy.runs, "warmup": deploy.warmup,
