@@ -166,6 +166,10 @@ def test_verdict_names_the_backends_where_qat_ends_worse_than_ptq_and_apps_ship_
             "images resampled: within chance)") in "\n".join(verdict(rows))
     rows[2]["qat_vs_ptq"] = {**gap, "interval_points": [-0.5, -0.1]}
     assert "interval -0.50 to -0.10 over the 64 val images resampled)" in "\n".join(verdict(rows))
+    kept = [dict(r) for r in rows if not (r["backend"] == "executorch" and r["method"] == "qat")]
+    kept[-1]["qat_program"] = "ptq"  # QAT returned its step 0, PTQ's program (the row's quantize summary says so)
+    assert ("tflite (drop 0.10 vs 0.20 points; QAT kept its start, PTQ's program: no check was clearly closer to the float model)"
+            in "\n".join(verdict(kept)))
     chosen, reasons = apps_artifacts(rows, "sep_aspp", Path("out"))
     assert [p.name for p in chosen] == ["executorch_int8_ptq", "tflite_int8_qat"]
     assert reasons == ["executorch: ptq int8 (val mIoU 0.5480; qat 0.5450)", "tflite: qat int8 (val mIoU 0.5490; ptq 0.5480)"]

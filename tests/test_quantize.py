@@ -225,16 +225,21 @@ def test_qat_step_zero_is_the_ptq_program_on_mobilenet_v3(quick_recipe, quick_ca
 @pytest.mark.full
 def test_qat_select_best_never_returns_a_program_worse_than_its_start(quick_recipe, quick_calib):
     """With an LR far too high the program leaves the float model at once: `select: best` returns
-    step 0 (the PTQ program, the least KL from the float model), `select: last` the damaged last
-    step; both record every check."""
+    step 0 as PTQ builds it (no check agrees clearly better; the PTQ program, bit for bit), `select:
+    last` the damaged last step; both record every check."""
     model = _mnv3_with_small_variances(quick_recipe)
     train_set = build_dataset(quick_recipe, "train")
     base = dict(steps=4, batch_size=4, lr=0.5, freeze_bn_step=0, freeze_observer_step=0, observer="minmax", calib_size=8, checks=2)
-    best = quantize(model, QATConfig(**base), calibration=quick_calib, train_set=train_set).prepared.meta["qat_selection"]
+    kept = quantize(model, QATConfig(**base), calibration=quick_calib, train_set=train_set)
+    best = kept.prepared.meta["qat_selection"]
     last = quantize(model, QATConfig(**base, select="last"), calibration=quick_calib, train_set=train_set).prepared.meta["qat_selection"]
+    images = _val_images(quick_recipe, 4)
+    ptq = quantize(model, PTQConfig(observer="minmax"), calibration=quick_calib).convert()
+    with torch.no_grad():
+        assert torch.equal(kept.convert()(images), ptq(images))  # QAT's artifacts are then PTQ's
     assert [c["step"] for c in best["checks"]] == [0, 2, 4]
-    assert best["step"] == 0 and best["kl"] == min(c["kl"] for c in best["checks"])
-    assert last["step"] == 4 and last["sqnr_db"] < best["sqnr_db"] - 3.0 and last["kl"] > best["kl"], (best, last)
+    assert best["step"] == 0 and best["program"] == "ptq" and all(c["gain_low"] <= 0 for c in best["checks"][1:])
+    assert "program" not in last and last["step"] == 4 and last["sqnr_db"] < best["sqnr_db"] - 3.0 and last["kl"] > best["kl"], (best, last)
 
 
 @pytest.mark.slow  # 11.5 minutes on a slow 2-core machine: the full tier's QAT checks are the ones above
@@ -424,28 +429,40 @@ def test_qat_under_torchrun_two_ranks_agree(tmp_path, quick_trained, quick_recip
     assert load_quantized(tmp_path / "out" / "quick_qat_int8.pt2") is not None
 
 
-def test_qat_select_best_keeps_step_zero_unless_a_check_gains_min_gain():
-    """A trained check replaces step 0 only with a KL at least `min_gain` below step 0's; among those the least KL wins;
-    `select: last` keeps whatever came last. A min_gain outside [0, 1) is one ConfigError naming it."""
+def test_qat_select_best_keeps_step_zero_unless_a_check_agrees_clearly_better():
+    """A trained check replaces step 0 only when its argmax agreement with the float model gains
+    clearly on the held-out images (the lower end of the resampled gain above 0, `confidence`
+    shared among the checks); among those the most agreement wins; `select: last` keeps whatever
+    came last. A confidence outside (0, 1) is one ConfigError naming it."""
+    import numpy as np
+
+    from aspp_edge.distributed import DistContext
     from aspp_edge.quantize.qat import _Selection
 
-    def run(kls, **cfg):
-        sel = _Selection(QATConfig(**cfg), ref=None, batches=[], device="cpu", ctx=None, on_check=None)
-        kept = None
-        for step, kl in enumerate(kls):
-            row = {"step": step, "kl": kl}
-            sel.trace.append(row)
-            if sel.replaces_best(row):
-                sel.best.update(row=row)
-                kept = step
-        return kept
+    def logits(wrong: list[int]) -> torch.Tensor:  # the float model: class 0 on all 100 pixels of 32 images
+        out = torch.zeros(32, 2, 10, 10)  # the first `wrong[i]` pixels of image i go to class 1
+        out[:, 0] = 1.0
+        for i, n in enumerate(wrong):
+            out[i, 1].view(-1)[:n] = 2.0
+        return out
 
-    assert run([1.0, 0.99, 0.985]) == 0  # 1.5% at best: noise on the held-out images
-    assert run([1.0, 0.97, 0.99, 0.95]) == 3
-    assert run([1.0, 0.97, 0.99], min_gain=0.0) == 1
-    assert run([1.0, 0.97, 1.2], select="last") == 2
-    with pytest.raises(ConfigError, match="qat.min_gain 1.5"):
-        QATConfig(min_gain=1.5)
+    def run(images_wrong: list[list[int]], **cfg) -> int:
+        sel = _Selection(QATConfig(checks=len(images_wrong) - 1, **cfg), ref=logits([0] * 32), batches=[torch.zeros(32, 3, 10, 10)],
+                         device="cpu", ctx=DistContext(), on_check=None)
+        for step, wrong in enumerate(images_wrong):
+            sel.measure(lambda x, w=wrong: logits(w), step)
+        return sel.best["row"]["step"]
+
+    rng = np.random.default_rng(0)
+    start = [int(n) for n in rng.integers(0, 6, 32)]  # 0-5 wrong pixels an image
+    fewer = [max(0, n - 2) for n in start]  # 2 fewer on (nearly) every image: clear
+    one_fewer = [max(0, n - 1) if i == 0 else n for i, n in enumerate(start)]  # one image a pixel better: not clear
+    worse = [n + 1 for n in start]
+    assert run([start, one_fewer]) == 0
+    assert run([start, worse, fewer, one_fewer]) == 2
+    assert run([start, worse], select="last") == 1
+    with pytest.raises(ConfigError, match="qat.confidence 1.5"):
+        QATConfig(confidence=1.5)
 
 
 @pytest.mark.full

@@ -130,9 +130,10 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
         print(f"  {row['tensor']:<28} {row['sqnr_db']:7.2f} dB  range [{row['min']:.3g}, {row['max']:.3g}]  scale {row['scale']:.3g}")
     if r.qat_selection:
         sel, checks = r.qat_selection, r.qat_selection["checks"]
-        print("QAT checks (KL from the float model on the calibration images): "
-              + ", ".join(f"step {c['step']} {c['kl']:.4f}" for c in checks)
-              + f"; returned step {sel['step']} ({sel['select']})")
+        kept = " (no check clearly closer: the PTQ program)" if sel.get("program") == "ptq" else ""
+        print("QAT checks (argmax agreement with the float model on the calibration images): "
+              + ", ".join(f"step {c['step']} {c['agreement']:.4f}" for c in checks)
+              + f"; returned step {sel['step']} ({sel['select']}){kept}")
     print(f"\n{r.method}: float mIoU {r.float_miou:.4f}  int8 mIoU {r.int8_miou:.4f}  drop {r.miou_drop_points:.2f} points")
     print(f"logits SQNR {r.sqnr_db:.2f} dB, argmax agreement {r.agreement:.4f}, {r.seconds:.0f} s -> {r.program}")
     if r.accuracy_note:

@@ -185,7 +185,10 @@ def _qat_against_ptq(head: str, mine: list[dict[str, Any]], note: str | None) ->
             figures = f"SQNR {qat['sqnr_db']:.1f} vs {ptq['sqnr_db']:.1f} dB"
             bad = qat["sqnr_db"] < ptq["sqnr_db"]
         else:
-            figures = f"drop {qat['miou_drop']:.2f} vs {ptq['miou_drop']:.2f} points" + _chance(qat.get("qat_vs_ptq"))
+            same = qat.get("qat_program") == "ptq"  # QAT returned its step 0, PTQ's program: the same masks, no interval to give
+            figures = (f"drop {qat['miou_drop']:.2f} vs {ptq['miou_drop']:.2f} points"
+                       + ("; QAT kept its start, PTQ's program: no check was clearly closer to the float model" if same
+                          else _chance(qat.get("qat_vs_ptq"))))
             bad = qat["miou_drop"] > ptq["miou_drop"]
         (worse if bad else held).append(f"{backend} ({figures})")
     if worse:

@@ -214,6 +214,11 @@ class AccuracyStages:
         if method == "mixed":
             row["method"] = method
             row["float_layers"] = manifest["quantization"]["float_layers"]
+        if row["method"] == "qat":  # which QAT check the program is (step 0: PTQ's program, no check clearly closer)
+            summary = self.out / head / "quant" / Path(manifest["source"]["quantized_program"]).with_suffix(".json").name
+            selection = json.loads(summary.read_text()).get("qat_selection", {}) if summary.is_file() else {}
+            if "step" in selection:
+                row["qat_step"], row["qat_program"] = selection["step"], selection.get("program", "trained")
         if "float_islands" in manifest["backend_info"]:  # int8: what the runtime keeps float, by layer (quantize/islands.py)
             row["float_islands"] = manifest["backend_info"]["float_islands"]
         _write_masks(result.with_suffix(".npz"), masks)
