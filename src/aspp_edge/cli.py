@@ -131,8 +131,8 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
     if r.qat_selection:
         sel, checks = r.qat_selection, r.qat_selection["checks"]
         kept = " (no check clearly closer: the PTQ program)" if sel.get("program") == "ptq" else ""
-        print("QAT checks (argmax agreement with the float model on the calibration images): "
-              + ", ".join(f"step {c['step']} {c['agreement']:.4f}" for c in checks)
+        print("QAT checks (mIoU against the float model's classes on the calibration images, points): "
+              + ", ".join(f"step {c['step']} {c['class_miou']:.2f}" for c in checks)
               + f"; returned step {sel['step']} ({sel['select']}){kept}")
     print(f"\n{r.method}: float mIoU {r.float_miou:.4f}  int8 mIoU {r.int8_miou:.4f}  drop {r.miou_drop_points:.2f} points")
     print(f"logits SQNR {r.sqnr_db:.2f} dB, argmax agreement {r.agreement:.4f}, {r.seconds:.0f} s -> {r.program}")

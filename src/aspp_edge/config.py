@@ -313,9 +313,9 @@ class QATConfig(_QuantSection):
     max_drop: float | None = None  # keep_float auto: val mIoU drop target, points
     max_float_layers: int | None = None  # keep_float auto: at most this many float layers
     # The program is measured against the float model on the calibration images at step 0 and
-    # `checks` times while it trains; `best` returns the check whose argmax agrees most with the
-    # float model's, among those whose gain over step 0 is clear (`confidence`, shared among the
-    # checks), or else step 0 as PTQ builds it; `last` the last check.
+    # `checks` times while it trains; `best` returns the check whose classes match the float model's
+    # best (mIoU against its argmax), among those whose gain over step 0 is clear (`confidence`,
+    # shared among the checks), or else step 0 as PTQ builds it; `last` the last check.
     select: str = "best"
     checks: int = 10
     # A gain that resampling the held-out images could make of none does not replace step 0: shipped

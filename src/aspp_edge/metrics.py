@@ -89,15 +89,6 @@ def bootstrap_draws(n: int, resamples: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
 
 
-def mean_gain_lower_bound(gains: np.ndarray, *, level: float, resamples: int = 4000, seed: int = 0) -> float:
-    """The lower end of a one-sided `level` bootstrap interval of the mean of per-image `gains`
-    (the images resampled with replacement): above 0 when the gain is clear of what resampling the
-    images can make of no gain."""
-    gains = np.asarray(gains, dtype=np.float64)
-    means = bootstrap_draws(len(gains), resamples, seed) @ gains / len(gains)
-    return float(np.percentile(means, 100 * (1 - level)))
-
-
 def paired_miou_difference(a: np.ndarray, b: np.ndarray, truth: np.ndarray, num_classes: int, *, resamples: int = 2000,
                            level: float = 0.95, seed: int = 0) -> dict:
     """mIoU(a) - mIoU(b) in points on the images of `truth` (label maps, N x H x W), and how far
