@@ -84,11 +84,6 @@ def per_image_confusion(pred: np.ndarray, truth: np.ndarray, num_classes: int, i
     return torch.stack([confusion_matrix(p, t, num_classes, ignore_index) for p, t in zip(pred, truth)]).numpy()
 
 
-def bootstrap_draws(n: int, resamples: int, seed: int = 0) -> np.ndarray:
-    """(resamples, n): how many times each of n images is drawn in each bootstrap resample (n draws with replacement)."""
-    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
-
-
 def paired_miou_difference(a: np.ndarray, b: np.ndarray, truth: np.ndarray, num_classes: int, *, resamples: int = 2000,
                            level: float = 0.95, seed: int = 0) -> dict:
     """mIoU(a) - mIoU(b) in points on the images of `truth` (label maps, N x H x W), and how far
@@ -97,7 +92,7 @@ def paired_miou_difference(a: np.ndarray, b: np.ndarray, truth: np.ndarray, num_
     on few pixels, so which scores higher on a small val split can be chance: an interval holding 0 says so."""
     ca, cb = per_image_confusion(a, truth, num_classes), per_image_confusion(b, truth, num_classes)
     n = len(truth)
-    draws = bootstrap_draws(n, resamples, seed)
+    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)  # (resamples, n): times each image is drawn
 
     def resampled(cms: np.ndarray) -> np.ndarray:
         return (draws @ cms.reshape(n, -1)).reshape(resamples, num_classes, num_classes)

@@ -50,7 +50,7 @@ from ..config import PTQConfig, QATConfig
 from ..console import progress_bar
 from ..data import IGNORE_INDEX
 from ..distributed import broadcast_flag, init_distributed, sync_and_hash
-from ..metrics import confusion_matrix, mean_iou, paired_miou_difference, per_image_confusion, sqnr_db
+from ..metrics import confusion_matrix, mean_iou, paired_miou_difference, sqnr_db
 from .ptq import export_dynamic_batch, ptq
 from .quantizers import BN_TRAINING_TARGETS, build_quantizer, check_layer_names
 from .rewrites import integer_friendly
@@ -266,7 +266,7 @@ class _Selection:
         ref, classes = self.ref, self.ref.shape[1]
         labels, truth = out.argmax(1).cpu().numpy(), ref.argmax(1).cpu().numpy()
         row = {"step": step, "kl": pixel_kl(out, ref), "sqnr_db": sqnr_db(ref, out), "agreement": float((labels == truth).mean()),
-               "class_miou": 100 * mean_iou(per_image_confusion(labels, truth, classes).sum(0))}
+               "class_miou": 100 * mean_iou(confusion_matrix(out.argmax(1), ref.argmax(1), classes))}
         if self.start is None:
             self.start = labels
         else:  # one-sided lower end at `level`: the two-sided interval at 2 * level - 1
