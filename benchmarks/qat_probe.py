@@ -49,6 +49,8 @@ VARIANTS = {
     "held, lr 1e-4": {"observer": "minmax", "freeze_bn_step": 0, "freeze_observer_step": 0, "select": "last", "lr": 1e-4},
     "held, lr 1e-3": {"observer": "minmax", "freeze_bn_step": 0, "freeze_observer_step": 0, "select": "last", "lr": 1e-3},
     "recipe, lr 1e-3": {"lr": 1e-3},
+    "learned weight ranges": {"weight_ranges": "learned"},
+    "learned weight ranges, range lr 0.03": {"weight_ranges": "learned", "range_lr": 0.03},
 }
 
 

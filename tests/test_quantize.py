@@ -465,6 +465,55 @@ def test_qat_select_best_keeps_step_zero_unless_a_check_agrees_clearly_better():
         QATConfig(confidence=1.5)
 
 
+def _weight_scales(converted) -> list[float]:
+    """The scale of every weight's quantize node in a converted (not folded) program."""
+    return [float(n.args[1]) for n in converted.graph.nodes
+            if n.op == "call_function" and "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target)
+            and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "get_attr"]
+
+
+def test_learned_weight_ranges_start_at_ptqs_train_and_convert_as_learned(head_models, quick_calib, quick_recipe):
+    """`weight_ranges: learned`: every weighted layer's weight fake quant starts (step 0) at the
+    per-tensor scale PTQ gives that weight, the loss moves the scales (log-scale steps of at most
+    about `range_lr` up: AdamW), and convert quantizes each weight with the scale learned, not the
+    observer's. `auto` learns per-tensor ranges only. A bad `weight_ranges` or `range_lr` is one
+    ConfigError naming it."""
+    from aspp_edge.quantize.quantizers import LearnedRangeFakeQuantize, quantizable_layers
+
+    model = head_models["sep_aspp"]
+    starts: list[torch.Tensor] = []
+
+    def on_check(step, program):
+        if step == 0:
+            starts.extend(m.log_scale.detach().clone() for m in program.modules() if isinstance(m, LearnedRangeFakeQuantize))
+
+    config = QATConfig(per_channel=False, weight_ranges="learned", range_lr=0.05, lr=1e-4, steps=3, batch_size=4, calib_size=8,
+                       select="last", checks=1)
+    from aspp_edge.quantize.qat import qat
+
+    prepared = qat(model, config, build_dataset(quick_recipe, "train"), quick_calib[:1], on_check=on_check)
+    learned = [m for m in prepared.modules() if isinstance(m, LearnedRangeFakeQuantize)]
+    assert len(learned) == len(starts) == sum(len(v) for v in quantizable_layers(prepared).values()) >= 10
+    ptq_scales = _weight_scales(quantize(model, PTQConfig(per_channel=False), calibration=quick_calib[:1]).convert(fold_quantize=False))
+    assert len(ptq_scales) == len(starts)
+    for log_scale in starts:
+        assert any(abs(float(log_scale.exp()) - w) <= 1e-4 * w for w in ptq_scales), (float(log_scale.exp()), ptq_scales)
+    moved = torch.cat([m.log_scale.detach() - s for m, s in zip(learned, starts, strict=True)])
+    # three steps of at most range_lr (AdamW) up; down, also the cut to LSQ's initial range
+    assert float(moved.abs().max()) > 0.02 and float(moved.max()) <= 3 * 0.05 * 1.01, moved
+    from aspp_edge.quantize import QuantizedModel
+
+    converted = _weight_scales(QuantizedModel(prepared, config, quick_calib[0][:1]).convert(fold_quantize=False))
+    for m in learned:
+        scale = float(m.log_scale.detach().exp())
+        assert any(abs(scale - w) <= 1e-6 * scale for w in converted), (scale, converted[:10])
+    assert QATConfig(per_channel=False).learns_weight_ranges and not QATConfig().learns_weight_ranges
+    with pytest.raises(ConfigError, match="qat.weight_ranges 'lsq'"):
+        QATConfig(weight_ranges="lsq")
+    with pytest.raises(ConfigError, match="qat.range_lr 0"):
+        QATConfig(range_lr=0)
+
+
 def test_qat_conv_bn_fuse_and_fold_try_only_the_conv_kinds_present():
     """`present_conv_kinds_only` (torchao's QAT fuse and fold skip conv kinds the graph lacks) changes
     no program: a Conv2d + BN and a ConvTranspose2d + BN prepare and convert to the same graph as

@@ -197,6 +197,7 @@ class TrainConfig:
 OBSERVERS = ("minmax", "ema", "percentile", "mse")  # PTQ activation observers (calibration/observers.py)
 METHODS = ("ptq", "qat")  # how an int8 program is made: each is a recipe section
 QAT_SELECT = ("best", "last")  # which of QAT's measured steps is returned (config.QATConfig.select)
+QAT_WEIGHT_RANGES = ("auto", "held", "learned")  # QAT's weight ranges (QATConfig.weight_ranges)
 # `aspp-edge run` also offers `mixed` (opt-in): PTQ with layers kept in float, beside full int8. Its
 # layers: the recipe's ptq.keep_float where it names some, else `auto` at ptq.max_drop (or this).
 RUN_METHODS = (*METHODS, "mixed")
@@ -321,11 +322,22 @@ class QATConfig(_QuantSection):
     # A gain that resampling the held-out images could make of none does not replace step 0: shipped
     # such gains made QAT end behind PTQ on most quick-ablation heads (issue 37)
     confidence: float = 0.95
+    # The weights' int8 ranges: `held` where PTQ's minmax puts them, or `learned` (LSQ on the log of
+    # each scale at `range_lr`, from PTQ's, cut to LSQ's initial range where outliers set it);
+    # `auto`: learned for per-tensor weights, held per channel. Per-tensor MobileNetV2s lose 34-58
+    # points to PTQ, their depthwise ranges set by dead channels; held, QAT recovered 1.5-73% of
+    # that, learned 88% on the worst (issue 37, benchmarks/results/qat_per_tensor_default.md)
+    weight_ranges: str = "auto"
+    range_lr: float = 0.03
 
     def __post_init__(self) -> None:
         self._check_keep_float()
         if self.select not in QAT_SELECT:
             raise choices_error("qat.select", self.select, QAT_SELECT)
+        if self.weight_ranges not in QAT_WEIGHT_RANGES:
+            raise choices_error("qat.weight_ranges", self.weight_ranges, QAT_WEIGHT_RANGES)
+        if self.range_lr <= 0:
+            raise ConfigError(f"qat.range_lr {self.range_lr!r} must be > 0")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"qat.confidence {self.confidence!r} must be in (0, 1): how sure a check's gain over step 0 must be")
         if self.checks < 1:
@@ -347,6 +359,11 @@ class QATConfig(_QuantSection):
             raise ConfigError(f"qat.batch_size {self.batch_size!r} must be >= 1")
         if self.calib_size < MIN_CALIB_SIZE:
             raise ConfigError(f"qat.calib_size {self.calib_size!r} is too small; it must be >= {MIN_CALIB_SIZE}")
+
+    @property
+    def learns_weight_ranges(self) -> bool:
+        """Whether QAT learns the weights' ranges (`weight_ranges`; auto: when they are per-tensor)."""
+        return self.weight_ranges == "learned" or (self.weight_ranges == "auto" and not self.per_channel)
 
     @property
     def bn_freeze_at(self) -> int:

@@ -52,7 +52,7 @@ from ..data import IGNORE_INDEX
 from ..distributed import broadcast_flag, init_distributed, sync_and_hash
 from ..metrics import confusion_matrix, mean_iou, paired_miou_difference, sqnr_db
 from .ptq import export_dynamic_batch, ptq
-from .quantizers import BN_TRAINING_TARGETS, build_quantizer, check_layer_names
+from .quantizers import BN_TRAINING_TARGETS, LearnedRangeFakeQuantize, build_quantizer, check_layer_names
 from .rewrites import integer_friendly
 
 BN_TRAINING_ARG = 5  # `training` is the sixth argument of every BN_TRAINING_TARGETS overload
@@ -230,7 +230,8 @@ def _prepare(model: nn.Module, config: QATConfig, batches: list[torch.Tensor], f
     literals = bn_literals(exported)
     with present_conv_kinds_only():
         prepared = prepare_qat_pt2e(exported, build_quantizer(qat=True, observer=config.observer, per_channel=config.per_channel,
-                                                              float_nodes=float_nodes))
+                                                              float_nodes=float_nodes,
+                                                              learned_weight_ranges=config.learns_weight_ranges))
     restore_bn_literals(prepared, literals)
     prepared.to(device)
     set_mode(prepared, bn_training=False, dropout=False)
@@ -363,8 +364,15 @@ def qat(
         sampler=RandomSampler(train_set, replacement=True, num_samples=config.steps * config.batch_size,
                               generator=torch.Generator().manual_seed(config.seed + 1000 * ctx.rank)),
     )
+    ranges = [m for m in prepared.modules() if isinstance(m, LearnedRangeFakeQuantize)]
+    for fake_quant in ranges:
+        fake_quant.start_learning()
     net = nn.parallel.DistributedDataParallel(prepared) if ctx.world > 1 else prepared
-    optimizer = torch.optim.AdamW(prepared.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    range_params = {id(m.log_scale) for m in ranges}
+    groups = [{"params": [p for p in prepared.parameters() if id(p) not in range_params]}]
+    if ranges:  # the log-scales: their own rate, and no decay (it would shrink every range)
+        groups.append({"params": [m.log_scale for m in ranges], "lr": config.range_lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     num_classes = getattr(train_set, "num_classes", None)

@@ -41,6 +41,7 @@ import operator
 import torch
 from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
 from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import OP_TO_ANNOTATOR, propagate_annotation
+from torch import nn
 from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e.fake_quantize import FakeQuantize
 from torchao.quantization.pt2e.quantizer import (
@@ -50,7 +51,7 @@ from torchao.quantization.pt2e.quantizer import (
     SharedQuantizationSpec,
 )
 
-from ..calibration.observers import observer_ctr
+from ..calibration.observers import EPS, observer_ctr
 
 Q_ANNOTATION_KEY = "quantization_annotation"
 
@@ -124,15 +125,74 @@ def check_layer_names(model: GraphModule, names) -> set[str]:
     return nodes
 
 
-def scheme_config(*, observer: str = "minmax", per_channel: bool = True, qat: bool = False,
-                  percentile: float = 99.99) -> QuantizationConfig:
+class LearnedRangeFakeQuantize(FakeQuantize):
+    """A weight fake quant whose range QAT learns (LSQ, Esser et al. 2020, on the log of the scale).
+
+    The observer sets the range while it is enabled (calibration: the minmax range PTQ takes, so the
+    program starts as PTQ's); once it is disabled the scale is a parameter (`log_scale`) the loss
+    trains through the rounding and clipping of every weight. Learned on its log, a step of the
+    optimizer changes the scale by the same fraction whatever its size. Where a few large weights set
+    a per-tensor range that rounds the other channels to zero (MobileNetV2's depthwise layers, whose
+    dead channels carry the largest folded weights), a held range can only be lived with; a learned one
+    clips those weights and gives the others their levels back. Convert reads the learned scale
+    (`calculate_qparams`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.log_scale = nn.Parameter(torch.zeros(1), requires_grad=False)
+        self.cut_pending = False
+
+    def start_learning(self) -> None:
+        """Hold the observer from now on and let the loss move the scale, from the smaller of the
+        observed scale and LSQ's initial one (`lsq_scale`), taken on the next weight seen."""
+        self.disable_observer()
+        self.log_scale.requires_grad_(True)
+        self.cut_pending = True
+
+    def lsq_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """LSQ's initial scale, 2 mean|w| / sqrt(quant_max) (per channel where the scale is): at int8 a
+        range of about 22.5x the mean |w|, wider than any weight of a bell-shaped tensor (no cut), but
+        not than the 100-300x outliers of a dead channel."""
+        dims = [d for d in range(x.dim()) if d != self.ch_axis] if self.is_per_channel else list(range(x.dim()))
+        return 2 * x.detach().abs().mean(dims) / self.quant_max**0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer_enabled[0] == 1:
+            self.activation_post_process(x.detach())
+            scale, zero_point = self.activation_post_process.calculate_qparams()
+            self.log_scale.data = scale.to(device=x.device, dtype=torch.float32).log()
+            self.zero_point.resize_(zero_point.shape)
+            self.zero_point.copy_(zero_point)
+        elif self.cut_pending:
+            self.log_scale.data = torch.minimum(self.log_scale.data, self.lsq_scale(x).clamp_min(EPS).log().reshape(self.log_scale.shape))
+            self.cut_pending = False
+        if self.fake_quant_enabled[0] == 1:
+            scale, zero_point = self.log_scale.exp(), self.zero_point.float()
+            if self.is_per_channel:
+                return torch._fake_quantize_learnable_per_channel_affine(x, scale, zero_point, self.ch_axis, self.quant_min,
+                                                                        self.quant_max, 1.0)
+            return torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero_point, self.quant_min, self.quant_max, 1.0)
+        return x
+
+    @torch.jit.export
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.log_scale.detach().exp(), self.zero_point
+
+
+def scheme_config(*, observer: str = "minmax", per_channel: bool = True, qat: bool = False, percentile: float = 99.99,
+                  learned_weight_ranges: bool = False) -> QuantizationConfig:
     """The int8 scheme's QuantizationConfig with the chosen activation observer.
 
     QAT: with observer "ema" the activations keep XNNPACK's fused moving-average fake quant;
     any other observer is wrapped in a FakeQuantize, so QAT can start from (and, with its
-    observers frozen, keep) the same ranges PTQ would choose.
+    observers frozen, keep) the same ranges PTQ would choose. `learned_weight_ranges` (QAT): the
+    weights' fake quants are LearnedRangeFakeQuantize around XNNPACK's weight observer (on a
+    constant weight its moving average is PTQ's minmax).
     """
     base = get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat)
+    if qat and learned_weight_ranges:
+        ctr = LearnedRangeFakeQuantize.with_args(observer=base.weight.observer_or_fake_quant_ctr.p.keywords["observer"], eps=EPS)
+        base = dataclasses.replace(base, weight=dataclasses.replace(base.weight, observer_or_fake_quant_ctr=ctr))
     if qat and observer == "ema":
         return base
     ctr = observer_ctr(observer, percentile=percentile)
@@ -301,10 +361,11 @@ class Int8SchemeQuantizer(XNNPACKQuantizer):
 
 
 def build_quantizer(*, observer: str = "minmax", per_channel: bool = True, qat: bool = False, percentile: float = 99.99,
-                    float_nodes: set[str] | frozenset[str] = frozenset()) -> Int8SchemeQuantizer:
+                    float_nodes: set[str] | frozenset[str] = frozenset(), learned_weight_ranges: bool = False) -> Int8SchemeQuantizer:
     """The scheme's quantizer; `float_nodes` (graph node names, from `check_layer_names`) are left unannotated."""
     quantizer = Int8SchemeQuantizer().set_global(
-        scheme_config(observer=observer, per_channel=per_channel, qat=qat, percentile=percentile)
+        scheme_config(observer=observer, per_channel=per_channel, qat=qat, percentile=percentile,
+                      learned_weight_ranges=learned_weight_ranges)
     )
     if float_nodes:
         skip = frozenset(float_nodes)
