@@ -131,7 +131,9 @@ class LearnedRangeFakeQuantize(FakeQuantize):
     The observer sets the range while it is enabled (calibration: the minmax range PTQ takes, so the
     program starts as PTQ's); once it is disabled the scale is a parameter (`log_scale`) the loss
     trains through the rounding and clipping of every weight. Learned on its log, a step of the
-    optimizer changes the scale by the same fraction whatever its size. Where a few large weights set
+    optimizer changes the scale by the same fraction whatever its size (torchao's
+    LearnableFakeQuantize learns the scale itself: under AdamW a step moves a 0.001 scale as far as a
+    1.0 one). Where a few large weights set
     a per-tensor range that rounds the other channels to zero (MobileNetV2's depthwise layers, whose
     dead channels carry the largest folded weights), a held range can only be lived with; a learned one
     clips those weights and gives the others their levels back. Convert reads the learned scale
