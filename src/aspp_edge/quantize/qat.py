@@ -5,6 +5,8 @@ program is fine-tuned with a small learning rate. After `freeze_bn_step` optimiz
 nodes stop updating their running statistics (the graph's batch_norm nodes switch to inference),
 and after `freeze_observer_step` the fake-quant ranges stop moving (`disable_observer`); unset,
 both scale with `steps` (`QATConfig.bn_freeze_at`, `observer_freeze_at`).
+The weights' ranges are held where PTQ puts them or learned from there (`weight_ranges`, whose
+`auto` learns per-tensor ranges; `quantizers.LearnedRangeFakeQuantize`).
 With `distill` > 0 part of the loss is the KL divergence from the float model's per-pixel class
 distribution: the int8 model is pulled towards the reference it is measured against, and its
 dropout stays off (the teacher's is off too).
