@@ -325,8 +325,8 @@ class QATConfig(_QuantSection):
     # The weights' int8 ranges: `held` where PTQ's minmax puts them, or `learned` (LSQ on the log of
     # each scale at `range_lr`, from PTQ's, cut to LSQ's initial range where outliers set it);
     # `auto`: learned for per-tensor weights, held per channel. Per-tensor MobileNetV2s lose 34-58
-    # points to PTQ, their depthwise ranges set by dead channels; held, QAT recovered 1.5-73% of
-    # that, learned 85-98% on the default recipe's seeds (issue 37, benchmarks/results/qat_per_tensor_default.md)
+    # points to PTQ, their depthwise ranges set by dead channels; of that QAT recovered 1.5-17% held,
+    # 85-98% learned, on the default recipe's seeds (issue 37, benchmarks/results/qat_per_tensor_default.md)
     weight_ranges: str = "auto"
     range_lr: float = 0.03
 
