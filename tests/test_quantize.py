@@ -269,27 +269,50 @@ def _with_dead_channels(model: torch.nn.Module) -> int:
     return blocks
 
 
+# An int8 artifact against the PyTorch program it was made from, argmax agreement: the .pte and
+# .tflite target, and Core ML's lower floor (an fp16 program; both measured in tests/test_export.py)
+ARTIFACT_AGREEMENT, COREML_ARTIFACT_AGREEMENT = 0.99, 0.98
+
+
 @pytest.mark.full
-def test_qat_learned_ranges_recover_what_dead_channels_cost_per_tensor_ptq(head_models, quick_recipe, quick_calib):
+def test_qat_learned_ranges_recover_what_dead_channels_cost_per_tensor_ptq(head_models, quick_recipe, quick_calib, tmp_path):
     """Issue 37's recovery case, small and deterministic: the quick model with the dead channels the
-    default model has (`_with_dead_channels`; the sep_aspp head model, 4 epochs) loses most of its classes to per-tensor PTQ; QAT with
-    learned weight ranges (what `auto` picks per-tensor) must recover at least half of that drop, and
-    more than QAT with the ranges held. Measured (2-core CPU machine, one run): float 0.2183, PTQ drop
-    9.02 points, QAT learned 0.62 (93% recovered), held 8.53 (5%)."""
-    model = head_models["sep_aspp"]
+    default model has (`_with_dead_channels`; the sep_aspp head model, 4 epochs) loses most of its
+    classes to per-tensor PTQ; QAT with learned weight ranges (what `auto` picks per-tensor) must
+    recover at least half of that drop, and more than QAT with the ranges held. Measured (2-core CPU
+    machine, one run): float 0.2183, PTQ drop 9.02 points, QAT learned 0.62 (93% recovered), held 8.53
+    (5%). The learned program's .pte, .tflite and Core ML package (MIL reference off macOS) run in
+    their runtimes and agree with it: the learned scales go through every converter."""
+    from aspp_edge import runtime
+    from aspp_edge.export import export, from_checkpoint, from_quantized
+
+    recipe = head_models.recipe_for("sep_aspp")
+    source = from_checkpoint(head_models.checkpoint("sep_aspp"), recipe, name="dead_channels")
+    model = source.model
     assert _with_dead_channels(model) >= 10
     val, train_set = build_dataset(quick_recipe, "val"), build_dataset(quick_recipe, "train")
     float_miou = evaluate_miou(model, val, torch.device("cpu"), 16)
     ptq = quantize(model, PTQConfig(observer="minmax", per_channel=False), calibration=quick_calib).convert()
-    drops = {"ptq": 100 * (float_miou - evaluate_miou(ptq, val, torch.device("cpu"), 16))}
+    drops, programs = {"ptq": 100 * (float_miou - evaluate_miou(ptq, val, torch.device("cpu"), 16))}, {}
     for ranges in ("learned", "held"):
         config = QATConfig(per_channel=False, weight_ranges=ranges, lr=1e-3, steps=150, calib_size=32)
-        program = quantize(model, config, calibration=quick_calib[:2], train_set=train_set).convert()
-        drops[ranges] = 100 * (float_miou - evaluate_miou(program, val, torch.device("cpu"), 16))
+        programs[ranges] = quantize(model, config, calibration=quick_calib[:2], train_set=train_set)
+        drops[ranges] = 100 * (float_miou - evaluate_miou(programs[ranges].convert(), val, torch.device("cpu"), 16))
     print(f"float {float_miou:.4f}, drops {drops}")
     assert drops["ptq"] >= 5.0, drops  # a collapse to recover from (else the test could not fail)
     assert drops["learned"] <= 0.5 * drops["ptq"], drops
     assert drops["learned"] < drops["held"], drops
+
+    learned = programs["learned"]
+    learned.meta = {"recipe": recipe.to_dict(), "source_checkpoint_sha256": source.checkpoint_sha256}
+    source = from_quantized(learned.save(tmp_path, "dead_channels_qat"), source)
+    images = _val_images(quick_recipe, 8)
+    with torch.no_grad():
+        reference = source.program(images).argmax(1).numpy()
+    for backend, floor in (("executorch", ARTIFACT_AGREEMENT), ("tflite", ARTIFACT_AGREEMENT), ("coreml", COREML_ARTIFACT_AGREEMENT)):
+        logits = runtime.load(export(source, backend, "int8", tmp_path / backend)).predict(images)
+        agreement = float((logits.argmax(1) == reference).mean())
+        assert agreement >= floor, f"{backend}: agreement {agreement:.4f} with the learned-range program"
 
 
 def test_observers_all_calibrate(head_models, quick_recipe, quick_calib):
@@ -496,6 +519,8 @@ def test_learned_weight_ranges_start_at_ptqs_train_and_convert_as_learned(head_m
     about `range_lr` up: AdamW), and convert quantizes each weight with the scale learned, not the
     observer's. `auto` learns per-tensor ranges only. A bad `weight_ranges` or `range_lr` is one
     ConfigError naming it."""
+    from aspp_edge.quantize import QuantizedModel
+    from aspp_edge.quantize.qat import qat
     from aspp_edge.quantize.quantizers import LearnedRangeFakeQuantize, quantizable_layers
 
     model = head_models["sep_aspp"]
@@ -507,8 +532,6 @@ def test_learned_weight_ranges_start_at_ptqs_train_and_convert_as_learned(head_m
 
     config = QATConfig(per_channel=False, weight_ranges="learned", range_lr=0.05, lr=1e-4, steps=3, batch_size=4, calib_size=8,
                        select="last", checks=1)
-    from aspp_edge.quantize.qat import qat
-
     prepared = qat(model, config, build_dataset(quick_recipe, "train"), quick_calib[:1], on_check=on_check)
     learned = [m for m in prepared.modules() if isinstance(m, LearnedRangeFakeQuantize)]
     assert len(learned) == len(starts) == sum(len(v) for v in quantizable_layers(prepared).values()) >= 10
@@ -519,8 +542,6 @@ def test_learned_weight_ranges_start_at_ptqs_train_and_convert_as_learned(head_m
     moved = torch.cat([m.log_scale.detach() - s for m, s in zip(learned, starts, strict=True)])
     # three steps of at most range_lr (AdamW) up; down, also the cut to LSQ's initial range
     assert float(moved.abs().max()) > 0.02 and float(moved.max()) <= 3 * 0.05 * 1.01, moved
-    from aspp_edge.quantize import QuantizedModel
-
     converted = _weight_scales(QuantizedModel(prepared, config, quick_calib[0][:1]).convert(fold_quantize=False))
     for m in learned:
         scale = float(m.log_scale.detach().exp())
@@ -532,6 +553,7 @@ def test_learned_weight_ranges_start_at_ptqs_train_and_convert_as_learned(head_m
         QATConfig(range_lr=0)
 
 
+@pytest.mark.full
 def test_qat_conv_bn_fuse_and_fold_try_only_the_conv_kinds_present():
     """`present_conv_kinds_only` (torchao's QAT fuse and fold skip conv kinds the graph lacks) changes
     no program: a Conv2d + BN and a ConvTranspose2d + BN prepare and convert to the same graph as

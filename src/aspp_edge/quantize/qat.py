@@ -267,9 +267,10 @@ class _Selection:
         with torch.no_grad():
             out = torch.cat([program(batch.to(self.device)) for batch in self.batches])
         ref, classes = self.ref, self.ref.shape[1]
-        labels, truth = out.argmax(1).cpu().numpy(), ref.argmax(1).cpu().numpy()
+        pred, target = out.argmax(1), ref.argmax(1)
+        labels, truth = pred.cpu().numpy(), target.cpu().numpy()
         row = {"step": step, "kl": pixel_kl(out, ref), "sqnr_db": sqnr_db(ref, out), "agreement": float((labels == truth).mean()),
-               "class_miou": 100 * mean_iou(confusion_matrix(out.argmax(1), ref.argmax(1), classes))}
+               "class_miou": 100 * mean_iou(confusion_matrix(pred, target, classes))}
         if self.start is None:
             self.start = labels
         else:  # one-sided lower end at `level`: the two-sided interval at 2 * level - 1

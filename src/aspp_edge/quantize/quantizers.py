@@ -133,11 +133,10 @@ class LearnedRangeFakeQuantize(FakeQuantize):
     trains through the rounding and clipping of every weight. Learned on its log, a step of the
     optimizer changes the scale by the same fraction whatever its size (torchao's
     LearnableFakeQuantize learns the scale itself: under AdamW a step moves a 0.001 scale as far as a
-    1.0 one). Where a few large weights set
-    a per-tensor range that rounds the other channels to zero (MobileNetV2's depthwise layers, whose
-    dead channels carry the largest folded weights), a held range can only be lived with; a learned one
-    clips those weights and gives the others their levels back. Convert reads the learned scale
-    (`calculate_qparams`)."""
+    1.0 one). Where a few large weights set a per-tensor range that rounds the other channels to zero
+    (MobileNetV2's depthwise layers, whose dead channels carry the largest folded weights), a held
+    range can only be lived with; a learned one clips those weights and gives the others their
+    levels back. Convert reads the learned scale (`calculate_qparams`)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
